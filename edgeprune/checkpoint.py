@@ -1,0 +1,241 @@
+"""Safe checkpoints: a dict that ``torch.load(path, weights_only=True)`` reads, holding the architecture as data.
+
+Layout::
+
+    {"format": "edgeprune-checkpoint", "version": 1,
+     "arch": {"name": "lenet5", "kwargs": {...}, ...},   # zoo spec; pruned models add their surgery spec
+     "state_dict": {...}, "meta": {"dataset": ..., "input_shape": [...], "top1_error": ..., "seed": ..., ...}}
+
+Plain ``state_dict`` files load when the architecture is given. Full-module pickles load only with
+``trust_pickle=True`` (they can run arbitrary code). TorchScript and ONNX files are refused with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from . import _io
+from .errors import CheckpointError, ModelError
+from .models import create_model, normalize_arch
+
+FORMAT = "edgeprune-checkpoint"
+VERSION = 1
+
+# Keys an arch spec may carry beyond the zoo's {"name", "kwargs"}: key -> module that registers its rebuild hook.
+_ARCH_EXTENSION_MODULES = {"surgery": "edgeprune.surgery"}
+_ARCH_EXTENSIONS: dict[str, Callable[[nn.Module, Any], nn.Module]] = {}
+
+
+def register_arch_extension(key: str, rebuild: Callable[[nn.Module, Any], nn.Module]) -> None:
+    """Let a stage (e.g. surgery) turn a freshly built zoo model into the saved shape from ``arch[key]``."""
+    _ARCH_EXTENSIONS[key] = rebuild
+
+
+@dataclasses.dataclass
+class Loaded:
+    model: nn.Module
+    arch: dict | None
+    meta: dict
+    path: str
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+
+    from . import __version__
+
+    out = {"edgeprune": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import torchvision
+
+        out["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def build_model(arch: dict) -> nn.Module:
+    """Build a model from an arch spec, replaying any extension (such as surgery) it records."""
+    spec = normalize_arch(arch)
+    base = {"name": spec["name"], "kwargs": spec["kwargs"]}
+    model = create_model(base)
+    for key, value in spec.items():
+        if key in ("name", "kwargs"):
+            continue
+        if key not in _ARCH_EXTENSIONS and key in _ARCH_EXTENSION_MODULES:
+            importlib.import_module(_ARCH_EXTENSION_MODULES[key])
+        if key not in _ARCH_EXTENSIONS:
+            raise CheckpointError(f"architecture spec has an unknown section {key!r}; upgrade edgeprune")
+        model = _ARCH_EXTENSIONS[key](model, value)
+    model.edgeprune_arch = spec  # type: ignore[assignment]
+    return model
+
+
+def arch_of(model: nn.Module) -> dict | None:
+    return getattr(model, "edgeprune_arch", None)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict | None = None, arch: dict | None = None) -> Path:
+    """Write a weights-only-loadable checkpoint atomically."""
+    arch = arch or arch_of(model)
+    if arch is None:
+        raise CheckpointError("the model carries no architecture spec; build it with edgeprune.models.create_model")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "state_dict": state,
+        "meta": {"versions": library_versions(), **(meta or {})},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return _io.write_bytes(path, buf.getvalue())
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile:
+            return "corrupt"
+        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("bytecode.pkl") for n in names):
+            return "torchscript"
+        return "torch-zip"
+    if path.suffix in (".onnx", ".ort"):
+        return "onnx"
+    if head[:1] == b"\x80":
+        return "legacy-pickle"
+    return "unknown"
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    arch: str | dict | None = None,
+    trust_pickle: bool = False,
+    map_location: str | torch.device = "cpu",
+) -> Loaded:
+    """Load a model from an edgeprune checkpoint, a plain state_dict (``arch`` required) or, only when
+    ``trust_pickle`` is set, a pickled ``nn.Module``."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file")
+    if p.is_dir():
+        raise CheckpointError(f"{p} is a folder; give the checkpoint file inside it (e.g. {p / 'model.pt'})")
+    kind = _sniff(p)
+    if kind == "torchscript":
+        raise CheckpointError(
+            f"{p} is a TorchScript file: it cannot be trained or pruned; give the checkpoint or state_dict it was "
+            "scripted from"
+        )
+    if kind == "onnx":
+        raise CheckpointError(f"{p} is an ONNX / ORT file: it cannot be trained or pruned; give the PyTorch checkpoint")
+    if kind == "corrupt":
+        raise CheckpointError(f"{p} is corrupt or truncated (bad zip archive); re-export or copy it again")
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
+            raise CheckpointError(f"{p} is corrupt or not a PyTorch checkpoint ({_first_line(exc)})") from None
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{p} contains pickled Python objects (a whole model?) and loading it can run arbitrary code; "
+                "re-run with --trust-pickle only if you trust its source, or save model.state_dict() instead"
+            ) from None
+        return _load_trusted_pickle(p, arch, map_location)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{p} is corrupt, truncated or not a PyTorch checkpoint ({_first_line(exc)})") from None
+    return _from_object(obj, p, arch)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def _from_object(obj: Any, p: Path, arch: str | dict | None) -> Loaded:
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if obj.get("version", 0) > VERSION:
+            raise CheckpointError(f"{p} was written by a newer edgeprune (format {obj['version']}); upgrade edgeprune")
+        spec = obj["arch"] if arch is None else normalize_arch(arch)
+        model = _build(spec, p)
+        _load_state(model, obj["state_dict"], p, spec)
+        return Loaded(model, spec, dict(obj.get("meta", {})), str(p))
+    state = None
+    if _is_state_dict(obj):
+        state = obj
+    elif isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if _is_state_dict(obj.get(key)):
+                state = obj[key]
+                break
+    if state is None:
+        raise CheckpointError(
+            f"{p} holds no state_dict edgeprune recognizes (top-level keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})"
+        )
+    if arch is None:
+        raise CheckpointError(f"{p} is a plain state_dict without architecture; pass --arch NAME (e.g. --arch lenet5)")
+    spec = normalize_arch(arch)
+    model = _build(spec, p)
+    _load_state(model, state, p, spec)
+    return Loaded(model, spec, {}, str(p))
+
+
+def _build(spec: dict, p: Path) -> nn.Module:
+    try:
+        return build_model(spec)
+    except ModelError as exc:
+        raise CheckpointError(f"{p}: {exc}") from None
+
+
+def _load_state(model: nn.Module, state: dict, p: Path, spec: dict) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}")
+        if shapes:
+            parts.append(f"shape {', '.join(shapes[:2])}{'…' if len(shapes) > 2 else ''}")
+        raise CheckpointError(
+            f"{p} does not match architecture {spec['name']} {spec.get('kwargs') or ''} ({'; '.join(parts)}); "
+            "check --arch and its options (e.g. num_classes)"
+        )
+    model.load_state_dict(state)
+
+
+def _load_trusted_pickle(p: Path, arch: str | dict | None, map_location) -> Loaded:
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as exc:  # arbitrary code ran; anything can fail
+        raise CheckpointError(f"{p} could not be unpickled ({_first_line(exc)})") from None
+    if isinstance(obj, nn.Module):
+        spec = arch_of(obj) or (normalize_arch(arch) if arch else None)
+        return Loaded(obj, spec, {"trusted_pickle": True}, str(p))
+    return _from_object(obj, p, arch)

@@ -1,0 +1,24 @@
+"""The model zoo: the papers' architectures by name, plus any torchvision classifier as ``torchvision:NAME``."""
+
+from . import alexnet, lenet, resnet_cifar, tiny, unet, vgg  # noqa: F401  (registration side effects)
+from ._registry import (
+    TORCHVISION_PREFIX,
+    ModelEntry,
+    create_model,
+    get_entry,
+    input_shape_of,
+    list_models,
+    normalize_arch,
+    register_model,
+)
+
+__all__ = [
+    "TORCHVISION_PREFIX",
+    "ModelEntry",
+    "create_model",
+    "get_entry",
+    "input_shape_of",
+    "list_models",
+    "normalize_arch",
+    "register_model",
+]
