@@ -47,6 +47,8 @@ class Loaded:
     arch: dict | None
     meta: dict
     path: str
+    extra: dict = dataclasses.field(default_factory=dict)
+    """Other top-level entries of the checkpoint (e.g. ``init_state_dict``, the weights at initialization)."""
 
 
 def library_versions() -> dict[str, str]:
@@ -85,8 +87,15 @@ def arch_of(model: nn.Module) -> dict | None:
     return getattr(model, "edgeprune_arch", None)
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict | None = None, arch: dict | None = None) -> Path:
-    """Write a weights-only-loadable checkpoint atomically."""
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    meta: dict | None = None,
+    arch: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a weights-only-loadable checkpoint atomically. ``extra`` adds top-level entries made of tensors and
+    plain data (e.g. ``init_state_dict``)."""
     arch = arch or arch_of(model)
     if arch is None:
         raise CheckpointError("the model carries no architecture spec; build it with edgeprune.models.create_model")
@@ -98,6 +107,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict | None
         "state_dict": state,
         "meta": {"versions": library_versions(), **(meta or {})},
     }
+    for key, value in (extra or {}).items():
+        if key in payload:
+            raise CheckpointError(f"extra checkpoint entry {key!r} would overwrite a reserved key")
+        payload[key] = value
     buf = io.BytesIO()
     torch.save(payload, buf)
     return _io.write_bytes(path, buf.getvalue())
@@ -181,7 +194,8 @@ def _from_object(obj: Any, p: Path, arch: str | dict | None) -> Loaded:
         spec = obj["arch"] if arch is None else normalize_arch(arch)
         model = _build(spec, p)
         _load_state(model, obj["state_dict"], p, spec)
-        return Loaded(model, spec, dict(obj.get("meta", {})), str(p))
+        extra = {k: v for k, v in obj.items() if k not in ("format", "version", "arch", "state_dict", "meta")}
+        return Loaded(model, spec, dict(obj.get("meta", {})), str(p), extra)
     state = None
     if _is_state_dict(obj):
         state = obj

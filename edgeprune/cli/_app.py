@@ -1,0 +1,66 @@
+"""The typer application and its error layer: known errors become one line and exit code 1."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="edgeprune",
+    help="Shrink trained PyTorch models (SeReNe), cut them to slim dense models, export and benchmark them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+analyze_app = typer.Typer(help="Analyze a model: sensitivities, PSP-entropy, sharpness, loss landscape.",
+                          no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    setup_logging(level)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("edgeprune")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    bench_log = logging.getLogger("android_bench")
+    bench_log.handlers = root.handlers[:]
+    bench_log.setLevel(level)
+
+
+def echo(text: str = "") -> None:
+    """Print for people (stdout)."""
+    typer.echo(text)
+
+
+def print_table(table) -> None:
+    from rich.console import Console
+
+    Console().print(table)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("EDGEPRUNE_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
