@@ -1,0 +1,332 @@
+"""Connection to one device over adb-shell: TCP (``HOST:PORT``) or USB, with exit codes, keys and reconnects.
+
+adb-shell speaks the ADB protocol itself (no ``adb`` server needed) but has four habits this module works around:
+
+* its TCP transport never sets TCP_NODELAY, so every header/payload pair waits for the peer's delayed ACK
+  (~40 ms per message; a 5 MiB push takes minutes instead of a fraction of a second);
+* on a closed socket its reads spin until ``read_timeout_s`` instead of failing, and its writes ignore partial sends;
+* ``shell()`` returns merged stdout/stderr without an exit code, so commands end with a sentinel ``echo __RC=$?``;
+* after any failure the device object still says ``available``: we close and reconnect on the next call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import re
+import select
+import socket
+import time
+from typing import Callable
+
+from android_bench.errors import (
+    AndroidBenchError,
+    BenchTimeoutError,
+    DeviceDisconnectedError,
+    DeviceNotFoundError,
+    DeviceUnauthorizedError,
+    NoSpaceError,
+    UsbSupportMissingError,
+)
+
+log = logging.getLogger(__name__)
+
+RC_SENTINEL = "__RC="
+_RC_RE = re.compile(r"__RC=(\d+)\s*$")
+
+
+def default_key_path() -> pathlib.Path:
+    """``~/.android/adbkey``: the key the ``adb`` tool uses, so a phone that already trusts this computer trusts us."""
+    return pathlib.Path.home() / ".android" / "adbkey"
+
+
+def ensure_adb_key(path: pathlib.Path | None = None) -> pathlib.Path:
+    """Create an adb key pair at ``path`` (mode 0600) unless it exists; return the path. The key is never logged."""
+    from adb_shell.auth.keygen import keygen
+
+    path = pathlib.Path(path) if path is not None else default_key_path()
+    if path.exists() and pathlib.Path(str(path) + ".pub").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Create the file 0600 before keygen writes into it, so the private key is never readable by others.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+    keygen(str(path))
+    os.chmod(path, 0o600)
+    log.info("created a new adb key at %s; the device will ask to allow it", path)
+    return path
+
+
+def _make_signer(key_path: pathlib.Path):
+    from adb_shell.auth.sign_cryptography import CryptographySigner
+
+    return CryptographySigner(str(key_path))
+
+
+def _nodelay_transport_class():
+    """Build the TCP transport subclass lazily so importing this module does not import adb_shell."""
+    from adb_shell.transport.tcp_transport import TcpTransport
+    from adb_shell.exceptions import TcpTimeoutException
+
+    class NoDelayTcpTransport(TcpTransport):
+        """adb-shell's TCP transport with TCP_NODELAY, EOF detection and complete writes."""
+
+        def connect(self, transport_timeout_s):
+            super().connect(transport_timeout_s)
+            self._connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def bulk_read(self, numbytes, transport_timeout_s):
+            data = super().bulk_read(numbytes, transport_timeout_s)
+            if not data:
+                raise ConnectionResetError(f"{self._host}:{self._port} closed the connection")
+            return data
+
+        def bulk_write(self, data, transport_timeout_s):
+            view = memoryview(data)
+            sent = 0
+            while sent < len(view):
+                _, writable, _ = select.select([], [self._connection], [], transport_timeout_s)
+                if not writable:
+                    raise TcpTimeoutException(f"sending to {self._host}:{self._port} timed out")
+                try:
+                    sent += self._connection.send(view[sent:])
+                except BlockingIOError:
+                    continue
+            return sent
+
+    return NoDelayTcpTransport
+
+
+def parse_serial(serial: str | None) -> tuple[str, str | None, int | None]:
+    """``"HOST:PORT"`` → ("tcp", host, port); anything else (or None) → ("usb", serial, None)."""
+    if serial and re.fullmatch(r"[\w.\-\[\]:]+:\d+", serial):
+        host, _, port = serial.rpartition(":")
+        return "tcp", host.strip("[]"), int(port)
+    return "usb", serial, None
+
+
+class AdbConnection:
+    """One device: connect lazily, run shell commands with exit codes, push/pull files, reconnect after failures.
+
+    State (the adb-shell device object and whether it is trusted to be connected) is why this is a class.
+    """
+
+    def __init__(
+        self,
+        serial: str | None,
+        *,
+        key_path: pathlib.Path | None = None,
+        transport_timeout_s: float = 10.0,
+        auth_timeout_s: float = 30.0,
+        read_timeout_s: float = 10.0,
+    ):
+        self.serial = serial
+        self.kind, self._host, self._port = parse_serial(serial)
+        self.key_path = pathlib.Path(key_path) if key_path is not None else None
+        self.transport_timeout_s = transport_timeout_s
+        self.auth_timeout_s = auth_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self._device = None
+        self._connected = False
+        self.reconnects = 0
+        self.banner: str | None = None
+
+    # -- connection ---------------------------------------------------------------------------------------------
+    def _new_device(self):
+        if self.kind == "tcp":
+            from adb_shell.adb_device import AdbDevice
+
+            transport = _nodelay_transport_class()(self._host, self._port)
+            return AdbDevice(transport, default_transport_timeout_s=self.transport_timeout_s)
+        try:
+            from adb_shell.adb_device import AdbDeviceUsb
+            from adb_shell.transport import usb_transport  # noqa: F401  (fails without libusb1)
+        except (ImportError, OSError) as exc:
+            raise UsbSupportMissingError(
+                "USB needs adb-shell's usb extra: pip install 'adb-shell[usb]' (or use --serial PHONE_IP:5555 after "
+                "`adb tcpip 5555`)"
+            ) from exc
+        try:
+            return AdbDeviceUsb(serial=self.serial, default_transport_timeout_s=self.transport_timeout_s)
+        except Exception as exc:  # adb-shell raises several types here
+            raise DeviceNotFoundError(
+                f"no USB device{' ' + self.serial if self.serial else ''} found: plug the phone in, enable USB "
+                f"debugging, and stop any adb server holding it (`adb kill-server`) ({exc})"
+            ) from exc
+
+    def connect(self) -> None:
+        """(Re)connect: close whatever was open, then authenticate with the user's adb key."""
+        from adb_shell import exceptions as adbx
+
+        self.close()
+        key = ensure_adb_key(self.key_path)
+        signer = _make_signer(key)
+        prompted = {"shown": False}
+
+        def _on_prompt(_dev):
+            prompted["shown"] = True
+            log.warning("accept the 'Allow USB debugging' prompt on the device %s", self.serial or "")
+
+        device = self._new_device()
+        where = self.serial or "USB"
+        try:
+            device.connect(
+                rsa_keys=[signer],
+                transport_timeout_s=self.transport_timeout_s,
+                auth_timeout_s=self.auth_timeout_s,
+                read_timeout_s=self.read_timeout_s,
+                auth_callback=_on_prompt,
+            )
+        except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
+            device.close()
+            if prompted["shown"] or isinstance(exc, ConnectionResetError):
+                raise DeviceUnauthorizedError(
+                    f"{where} did not accept this computer's key: unlock the phone and tap 'Allow' on the "
+                    f"'Allow USB debugging' prompt, then retry"
+                ) from exc
+            raise DeviceNotFoundError(
+                f"no device answers at {where}: check the IP:PORT, that the phone is on, and `adb tcpip 5555` was run"
+                f" ({exc.__class__.__name__}: {exc})"
+            ) from exc
+        except (adbx.TcpTimeoutException, adbx.AdbTimeoutError, adbx.DeviceAuthError) as exc:
+            device.close()
+            if prompted["shown"]:
+                raise DeviceUnauthorizedError(
+                    f"{where} did not accept this computer's key within {self.auth_timeout_s:.0f} s: unlock the phone "
+                    f"and tap 'Allow' on the 'Allow USB debugging' prompt, then retry"
+                ) from exc
+            raise DeviceNotFoundError(f"{where} accepted the connection but did not answer the ADB handshake ({exc})") from exc
+        except Exception as exc:
+            device.close()
+            raise DeviceNotFoundError(f"could not connect to {where}: {exc.__class__.__name__}: {exc}") from exc
+        self._device = device
+        self._connected = True
+        log.debug("connected to %s", where)
+
+    def close(self) -> None:
+        if self._device is not None:
+            try:
+                self._device.close()
+            except Exception:  # closing a broken socket may fail again; nothing to recover
+                pass
+        self._device = None
+        self._connected = False
+
+    def _ensure(self):
+        if not self._connected:
+            if self._device is not None:
+                self.reconnects += 1
+            self.connect()
+        return self._device
+
+    def _call(self, what: str, fn: Callable, retry: bool):
+        """Run ``fn(device)``; on a transport failure close, reconnect and (if ``retry``) try once more."""
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            device = self._ensure()
+            try:
+                return fn(device)
+            except AndroidBenchError:
+                raise
+            except Exception as exc:
+                from adb_shell import exceptions as adbx
+
+                if isinstance(exc, (adbx.PushFailedError, adbx.AdbCommandFailureException)):
+                    msg = exc.args[0] if exc.args else exc
+                    if isinstance(msg, (bytes, bytearray)):
+                        msg = msg.decode("utf-8", "replace")
+                    # The sync service answered: the connection itself is fine.
+                    if "space" in str(msg).lower():
+                        raise NoSpaceError(
+                            f"the device is out of space while {what}: free space in /data (delete files in "
+                            f"/data/local/tmp) and retry"
+                        ) from exc
+                    raise DeviceDisconnectedError(f"{what} failed on the device: {msg}") from exc
+                log.warning("%s failed (%s: %s); reconnecting", what, exc.__class__.__name__, exc)
+                self.close()
+                self._device = object()  # marks "was connected" so the next connect counts as a reconnect
+                if attempt == attempts - 1:
+                    if isinstance(exc, (adbx.AdbTimeoutError, adbx.TcpTimeoutException)):
+                        raise BenchTimeoutError(f"{what} timed out on {self.serial or 'USB'}: {exc}") from exc
+                    raise DeviceDisconnectedError(
+                        f"lost the connection to {self.serial or 'the USB device'} while {what}: check the cable / "
+                        f"Wi-Fi and retry ({exc.__class__.__name__}: {exc})"
+                    ) from exc
+
+    # -- commands -----------------------------------------------------------------------------------------------
+    def shell_raw(self, command: str, *, timeout_s: float | None = None, retry: bool = True) -> str:
+        """Run ``command`` and return merged stdout/stderr (no exit code). Retry once after reconnecting."""
+        read_timeout = max(self.read_timeout_s, timeout_s or 0)
+        return self._call(
+            f"running `{command[:60]}`",
+            lambda d: d.shell(command, read_timeout_s=read_timeout, timeout_s=timeout_s),
+            retry,
+        )
+
+    def run(self, command: str, *, timeout_s: float | None = None, retry: bool = True) -> tuple[str, int]:
+        """Run ``command``; return (output, exit code) using the ``__RC=`` sentinel adb-shell needs."""
+        # A subshell keeps `exit N` inside the command from skipping the sentinel.
+        out = self.shell_raw(f"({command}\n); echo {RC_SENTINEL}$?", timeout_s=timeout_s, retry=retry)
+        text = out.rstrip("\n")
+        head, sep, tail = text.rpartition("\n")
+        last = tail if sep else text
+        m = _RC_RE.search(last)
+        if not m:
+            raise DeviceDisconnectedError(f"output of `{command[:60]}` ended early (no exit code): retry")
+        body = head + "\n" if sep else ""
+        # The sentinel may share a line with output that had no trailing newline.
+        body += last[: m.start()]
+        return body, int(m.group(1))
+
+    def push(self, local: pathlib.Path, remote: str, *, progress: Callable[[int, int], None] | None = None,
+             retry: bool = True) -> None:
+        """Push ``local`` to ``remote`` over the sync service."""
+        total = os.path.getsize(local)
+        done = {"n": 0}
+
+        def _cb(_path, nbytes, _total):
+            done["n"] += nbytes
+            if progress:
+                progress(done["n"], total)
+
+        def _push(d):
+            done["n"] = 0
+            d.push(str(local), remote, st_mode=0o100755, progress_callback=_cb,
+                   read_timeout_s=max(self.read_timeout_s, 30.0))
+
+        self._call(f"pushing {pathlib.Path(local).name}", _push, retry)
+
+    def pull(self, remote: str, local: pathlib.Path, *, retry: bool = True) -> None:
+        """Pull ``remote`` into ``local`` (written to a temp file, then renamed)."""
+        local = pathlib.Path(local)
+        tmp = local.with_name(local.name + ".part")
+
+        def _pull(d):
+            d.pull(remote, str(tmp), read_timeout_s=max(self.read_timeout_s, 30.0))
+
+        try:
+            self._call(f"pulling {remote}", _pull, retry)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, local)
+
+    def __enter__(self) -> "AdbConnection":
+        self._ensure()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
+    """Poll ``predicate`` until true or ``timeout_s`` passed; return whether it became true."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
