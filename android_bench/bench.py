@@ -239,12 +239,17 @@ def run_benchmark(
     key_path: pathlib.Path | None = None,
     throttle_ratio: float = 0.9,
     temp_tolerance_c: float = 2.0,
+    idle_temp_c: float | None = None,
+    auth_timeout_s: float = 30.0,
 ) -> dict:
     """Time every model (and ``baseline``) ``runs`` times on the device ``serial``; return device record + raw samples.
 
     ``rounds`` (default 2 with a baseline, else 1) splits ``runs`` into that many blocks per model, interleaved
     baseline, model, baseline, model … so slow drifts (heat, background load) hit both alike. Raises a subclass of
     ``AndroidBenchError``; its ``partial_path`` holds everything measured before the failure.
+
+    ``idle_temp_c`` is the cool-down target (default: the hottest thermal zone when the run starts);
+    ``auth_timeout_s`` is how long the user has to tap "Allow" on a phone that does not know this computer yet.
     """
     models = [pathlib.Path(m) for m in models]
     entries = ([(pathlib.Path(baseline), "baseline")] if baseline is not None else []) + [(m, "model") for m in models]
@@ -263,12 +268,12 @@ def run_benchmark(
     partial_path = pathlib.Path(partial_path) if partial_path is not None else pathlib.Path(
         tempfile.gettempdir()) / f"android_bench-partial-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
 
-    conn = AdbConnection(serial, key_path=key_path)
+    conn = AdbConnection(serial, key_path=key_path, auth_timeout_s=auth_timeout_s)
     with _progress(progress) as prog:
         session = _Session(conn, runner_obj, workdir, partial_path, prog)
         try:
             result = _run(session, entries, blocks, runs, warmup, threads, cores, cooldown_seconds, input_shape,
-                          timeout_s, throttle_ratio, temp_tolerance_c)
+                          timeout_s, throttle_ratio, temp_tolerance_c, idle_temp_c)
         except AndroidBenchError as exc:
             if session.record:
                 session.save(partial=True, error=str(exc))
@@ -291,7 +296,7 @@ def run_benchmark(
 
 
 def _run(s: _Session, entries, blocks, runs, warmup, threads, cores, cooldown_seconds, input_shape, timeout_s,
-         throttle_ratio, temp_tolerance_c) -> dict:
+         throttle_ratio, temp_tolerance_c, idle_temp_c) -> dict:
     task = s.prog.add_task("connecting", total=len(blocks) * len(entries))
     s.conn.connect()
     info = collect_device_info(s.conn)
@@ -307,7 +312,7 @@ def _run(s: _Session, entries, blocks, runs, warmup, threads, cores, cooldown_se
     pinned = cores_of(mask) if mask else info["online_cpus"]
     nthreads = threads or len(pinned) or 1
     max_khz = {c["cpu"]: c.get("cpuinfo_max_freq") for c in info["cpus"] if isinstance(c.get("cpuinfo_max_freq"), int)}
-    idle_c = max_temperature(info["thermal_zones"])
+    idle_c = idle_temp_c if idle_temp_c is not None else max_temperature(info["thermal_zones"])
     s.record.update({"cores": mask, "threads": nthreads, "idle_temp_c": idle_c})
 
     s.prog.update(task, description="pushing runner and models")
