@@ -56,11 +56,11 @@ def library_versions() -> dict[str, str]:
 
     from . import __version__
 
-    out = {"edgeprune": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    out = {"edgeprune": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
     try:
         import torchvision
 
-        out["torchvision"] = torchvision.__version__
+        out["torchvision"] = str(torchvision.__version__)
     except ImportError:  # pragma: no cover
         pass
     return out
@@ -171,7 +171,9 @@ def load_checkpoint(
                 "re-run with --trust-pickle only if you trust its source, or save model.state_dict() instead"
             ) from None
         return _load_trusted_pickle(p, arch, map_location)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # the unpickler fails on damaged bytes with many exception types
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f"{p} is corrupt, truncated or not a PyTorch checkpoint ({_first_line(exc)})") from None
     return _from_object(obj, p, arch)
 

@@ -97,9 +97,10 @@ def train_epoch(
             optimizer.step()
             if after_step is not None:
                 after_step()
-            if not math.isfinite(float(loss)):
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
                 raise FloatingPointError("training loss is not finite; lower the learning rate (--lr)")
-            total_loss += float(loss) * y.numel()
+            total_loss += loss_value * y.numel()
             correct += int((out.detach().argmax(1) == y).sum())
             n += y.numel()
             progress.update(task, advance=1, info=f"loss {total_loss / n:.4f} acc {correct / n:.2%}")

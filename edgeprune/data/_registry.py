@@ -83,7 +83,8 @@ def user_cache_dir() -> Path:
     return Path(base) / "edgeprune" / "datasets"
 
 
-def candidate_roots(entry: DatasetEntry, data_dir: str | os.PathLike | None) -> list[Path]:
+def base_roots(entry: DatasetEntry, data_dir: str | os.PathLike | None) -> list[Path]:
+    """The folders searched, in order (each also with the dataset's known sub-folder names)."""
     roots: list[Path] = []
     if data_dir:
         roots.append(Path(data_dir))
@@ -91,8 +92,12 @@ def candidate_roots(entry: DatasetEntry, data_dir: str | os.PathLike | None) -> 
         roots.append(Path(os.environ["EDGEPRUNE_DATA"]))
     roots.append(user_cache_dir())
     roots += [Path(d) for d in entry.system_dirs]
+    return roots
+
+
+def candidate_roots(entry: DatasetEntry, data_dir: str | os.PathLike | None) -> list[Path]:
     out: list[Path] = []
-    for r in roots:
+    for r in base_roots(entry, data_dir):
         for sub in ("",) + entry.subdirs:
             p = r / sub if sub else r
             if p not in out:
@@ -150,9 +155,11 @@ def load_dataset(
             raise DatasetError(f"downloading {name} into {target} failed ({exc}); {entry.how_to_get}") from None
         folder = next((r for r in candidate_roots(entry, target) if r.is_dir() and entry.locate(r)), None)
     if folder is None:
-        looked = ", ".join(str(r) for r in roots)
+        looked = ", ".join(str(r) for r in base_roots(entry, data_dir))
+        subs = "/".join(entry.subdirs)
         raise DatasetError(
-            f"{name} not found (looked in: {looked}); {entry.how_to_get}, pass --data-dir, or allow --download"
+            f"{name} not found (looked in: {looked}, and their {subs} sub-folders); {entry.how_to_get}, "
+            "pass --data-dir, or allow --download"
         )
     xtr, ytr, xte, yte = entry.read(folder)
     train_all = TensorSplit(normalize(xtr, entry.mean, entry.std), ytr.long())
