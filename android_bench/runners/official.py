@@ -186,7 +186,7 @@ class PerfTestRunner(_ToolRunner):
 
 # ------------------------------------------------------------------------------------------ speed_benchmark_torch
 
-_PEP_RE = re.compile(r"PyTorchObserver\s+(\{.*\})")
+_PEP_RE = re.compile(r"PyTorchObserver\s+(\{.*?)\s*$", re.M)
 
 
 def parse_torch_speed_benchmark(output: str) -> list[float]:
@@ -198,6 +198,8 @@ def parse_torch_speed_benchmark(output: str) -> list[float]:
             rec = json.loads(m.group(1))
         except ValueError as exc:
             raise RunnerOutputError(f"torch_speed_benchmark: malformed PyTorchObserver line {m.group(0)[:160]!r}") from exc
+        if not isinstance(rec, dict):
+            raise RunnerOutputError(f"torch_speed_benchmark: malformed PyTorchObserver line {m.group(0)[:160]!r}")
         if rec.get("type") != "NET" or rec.get("metric") != "latency":
             continue
         unit = rec.get("unit", "us")
