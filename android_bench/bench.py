@@ -68,6 +68,12 @@ def is_throttled(freq_samples: list[dict], max_khz: dict[int, int], ratio: float
     return False
 
 
+def _kill_tree(pidf: str) -> str:
+    """Shell that kills the process whose pid is in ``pidf`` and all its descendants (runners may fork)."""
+    return (f"k() {{ for c in $(pgrep -P $1 2>/dev/null); do k $c; done; kill -9 $1 2>/dev/null; }}; "
+            f"p=$(cat {shlex.quote(pidf)} 2>/dev/null); [ -n \"$p\" ] && k $p; true")
+
+
 def _tail(text: str, n: int = 8) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(lines[-n:]) if lines else "(no output)"
@@ -199,7 +205,7 @@ class _Session:
             if code.lstrip("-").isdigit():
                 break
             if elapsed > timeout_s:
-                self.conn.run(f"p=$(cat {pidf} 2>/dev/null); [ -n \"$p\" ] && {{ pkill -9 -P $p; kill -9 $p; }}; true")
+                self.conn.run(_kill_tree(pidf))
                 raise BenchTimeoutError(
                     f"{tag}: the runner did not finish within {timeout_s:.0f} s and was stopped: lower --runs or "
                     f"raise the timeout"
@@ -215,7 +221,7 @@ class _Session:
 
     def kill_stale(self, tag: str) -> None:
         pidf = f"{self.workdir}/out/{tag}.pid"
-        self.conn.run(f"p=$(cat {pidf} 2>/dev/null); [ -n \"$p\" ] && {{ pkill -9 -P $p; kill -9 $p; }} 2>/dev/null; true")
+        self.conn.run(_kill_tree(pidf))
 
 
 def run_benchmark(
