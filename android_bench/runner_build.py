@@ -428,12 +428,12 @@ def bundle_files(bundle: pathlib.Path) -> list[pathlib.Path]:
 
 
 def bundle_size(bundle: pathlib.Path) -> dict[str, int]:
-    """Bytes of the device files: ``raw`` and ``gzip`` (a .tar.gz of them, level 9)."""
+    """Bytes of the device files: ``raw`` and ``gzip`` (a .tar.gz of them, gzip level 6)."""
     import io
 
     raw = sum((bundle / p).stat().st_size for p in bundle_files(bundle))
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=9) as tar:
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
         for p in bundle_files(bundle):
             tar.add(bundle / p, arcname=str(p))
     return {"raw": raw, "gzip": len(buf.getvalue())}
