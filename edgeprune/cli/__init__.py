@@ -11,6 +11,7 @@ from ._app import app, debug_enabled
 COMMAND_MODULES = (
     "train",
     "info",
+    "bench",
 )
 
 
