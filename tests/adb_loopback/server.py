@@ -366,7 +366,7 @@ class _Connection:
         srv = self.server
         if cmd == P.A_CNXN:
             self.version = min(arg0, P.A_VERSION_SKIP_CHECKSUM)
-            self.maxdata = min(arg1, MAXDATA) if arg1 else MAXDATA
+            self.maxdata = min(arg1, srv.maxdata) if arg1 else srv.maxdata
             srv.record("cnxn", data.rstrip(b"\0").decode("utf-8", "replace"))
             self.token = os.urandom(20)
             self.online = False
@@ -427,8 +427,9 @@ class _Connection:
 class LoopbackAdbDevice:
     """Threaded ADB device on 127.0.0.1. ``start()`` returns the port; ``stop()`` closes everything (bounded)."""
 
-    def __init__(self, sandbox: Sandbox, *, faults: Faults | None = None, port: int = 0):
+    def __init__(self, sandbox: Sandbox, *, faults: Faults | None = None, port: int = 0, maxdata: int = MAXDATA):
         self.sandbox = sandbox
+        self.maxdata = maxdata  # largest payload offered in CNXN (older phones negotiate 4 KiB)
         self.faults = faults or Faults()
         self.authorized_keys: list = []
         self.events: list[tuple] = []
