@@ -43,10 +43,14 @@ def default_key_path() -> pathlib.Path:
 
 def ensure_adb_key(path: pathlib.Path | None = None) -> pathlib.Path:
     """Create an adb key pair at ``path`` (mode 0600) unless it exists; return the path. The key is never logged."""
-    from adb_shell.auth.keygen import keygen
+    from adb_shell.auth.keygen import keygen, write_public_keyfile
 
     path = pathlib.Path(path) if path is not None else default_key_path()
-    if path.exists() and pathlib.Path(str(path) + ".pub").exists():
+    pub = pathlib.Path(str(path) + ".pub")
+    if path.exists():
+        if not pub.exists():
+            # A private key without its .pub (copied by hand): derive the public half, never replace a trusted key.
+            write_public_keyfile(str(path), str(pub))
         return path
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Create the file 0600 before keygen writes into it, so the private key is never readable by others.

@@ -84,8 +84,13 @@ def test_adb_key_created_private_and_kept(tmp_path):
     assert key.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "dot-android" / "adbkey.pub").read_bytes().split(b" ")[0]  # adb's base64 struct
     before = key.read_bytes()
+    pub = (tmp_path / "dot-android" / "adbkey.pub").read_bytes()
     ensure_adb_key(key)
     assert key.read_bytes() == before  # an existing key is never replaced
+    (tmp_path / "dot-android" / "adbkey.pub").unlink()
+    ensure_adb_key(key)
+    assert key.read_bytes() == before
+    assert (tmp_path / "dot-android" / "adbkey.pub").read_bytes().split(b" ")[0] == pub.split(b" ")[0]
 
 
 def test_serial_kinds_and_missing_usb_extra(private_home):
