@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from android_bench.runner_build import ARM64_LOADER, ELF_MACHINE, build_bundle, bundle_files
+from android_bench.runner_build import ARM64_LOADER, ELF_MACHINE, RunnerBuildError, build_bundle, bundle_files
 from android_bench.runners import RunSpec, get_runner
 from android_bench.runners.ort_c import OrtCRunner, parse_report
 
@@ -64,7 +64,12 @@ def _make_model(path: pathlib.Path) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def arm64_bundle() -> pathlib.Path:
     t0 = time.monotonic()
-    path = build_bundle("arm64", _cache_dir())
+    try:
+        path = build_bundle("arm64", _cache_dir())
+    except RunnerBuildError as exc:
+        if "cross toolchain is missing" in str(exc):  # not root, so it could not be apt-get installed
+            pytest.skip(str(exc))
+        raise
     print(f"arm64 bundle {path} ready in {time.monotonic() - t0:.1f}s")
     return path
 
