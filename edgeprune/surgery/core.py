@@ -1,0 +1,236 @@
+"""``surgery``: physically remove dead neurons and filters, giving a smaller dense model that computes the same.
+
+Zeros in a dense tensor save nothing on a phone; a slim model does. Steps: probe the masked model → group coupled
+channels (torch-pruning) → keep only channels dead in every member → fold constants into consumer biases → remove →
+verify slim against masked (max |Δ| ≤ tolerance · max |output|) → record the steps as a replayable arch spec.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import time
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError, SurgeryError
+
+log = logging.getLogger(__name__)
+
+PROBE_BATCH = 4
+
+
+@dataclasses.dataclass
+class SurgeryResult:
+    model: nn.Module
+    """The slim model (eval mode), carrying its arch spec with a "surgery" section when the input had one."""
+    report: dict
+    removed: dict[str, list[int]]
+    """Layer name → original output-channel indices removed (conv / linear / BN layers)."""
+
+
+def _random_batches(shape, device, dtype, seed: int, probe_batch) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    batches = [torch.randn((PROBE_BATCH, *shape), generator=g),
+               torch.randn((PROBE_BATCH, *shape), generator=g) * 3.0 + 0.5]
+    batches = [b.to(device, dtype) for b in batches]
+    if probe_batch is not None:
+        x = probe_batch[0] if isinstance(probe_batch, (tuple, list)) else probe_batch
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise ConfigError(f"probe batch has sample shape {tuple(x.shape[1:])}, the model takes {tuple(shape)}")
+        batches.append(x.to(device, dtype))
+    return batches
+
+
+def _out_size(m: nn.Module) -> int | None:
+    for attr in ("out_features", "out_channels", "num_features", "num_parameters"):
+        if hasattr(m, attr):
+            return int(getattr(m, attr))
+    return None
+
+
+def _track_removal(group, names: dict, kept: dict[str, list[int]]) -> None:
+    """Keep, per layer, the original indices of its surviving output channels (for reports and verification)."""
+    import torch_pruning as tp
+
+    t = tp.ops.OPTYPE
+    for it in group.items:
+        node = it.dep.target
+        if node.type not in (t.CONV, t.LINEAR, t.DEPTHWISE_CONV, t.BN, t.PRELU):
+            continue
+        if it.dep.handler.__name__ != "prune_out_channels":
+            continue
+        name = names[node.module]
+        cur = kept.get(name)
+        if cur is None:
+            cur = list(range(_out_size(node.module)))
+        drop = set(int(i) for i in it.idxs)
+        kept[name] = [v for i, v in enumerate(cur) if i not in drop]
+
+
+def _layer_table(before, after) -> list[dict]:
+    rows = {r.name: r for r in after.layers}
+    out = []
+    for r in before.layers:
+        a = rows.get(r.name, r)
+        out.append({"name": r.name, "kind": r.kind, "neurons_before": r.neurons, "neurons_after": a.neurons,
+                    "params_before": r.params, "params_after": a.params, "macs_before": r.macs,
+                    "macs_after": a.macs})
+    return out
+
+
+def surgery(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    round_channels: int | None = None,
+    probe_batch: torch.Tensor | None = None,
+    tolerance: float = 1e-5,
+) -> SurgeryResult:
+    """Remove every channel that is provably dead (or constant and foldable) from a copy of ``model``.
+
+    ``round_channels=N`` keeps a few extra dead channels so each cut layer's width is a multiple of N (ONNX Runtime
+    runs multiples of 8 much faster). ``probe_batch`` (real inputs) joins the random probe and verification inputs.
+    Raises SurgeryError when a grouped conv would be cut or when the slim model's output differs by more than
+    ``tolerance`` · max |output|. The input model is not modified.
+    """
+    if round_channels is not None and (not isinstance(round_channels, int) or round_channels < 1):
+        raise ConfigError(f"round_channels must be a positive integer (e.g. 8), got {round_channels!r}")
+    if not tolerance > 0:
+        raise ConfigError(f"tolerance must be > 0, got {tolerance!r}")
+    shape = tuple(int(s) for s in input_shape)
+    t0 = time.perf_counter()
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        # The input serves as the masked reference: read only, in eval mode for the duration.
+        return _surgery(model.eval(), shape, round_channels, probe_batch, tolerance, t0)
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | None, probe_batch, tolerance: float,
+             t0: float) -> SurgeryResult:
+    from .._progress import make_progress
+    from ..summary import summarize
+    from .detect import CONSUMERS, probe_inputs, producer_order
+    from .fold import apply_folds
+    from .plan import check_grouped, plan_group, round_plan
+    from .replay import SPEC_VERSION, build_graph, merge_specs, pruning_group, step_name
+    from .verify import verify
+
+    work = copy.deepcopy(masked).eval()
+    param = next(work.parameters(), None)
+    if param is None:
+        raise SurgeryError("the model has no parameters; nothing to cut")
+    probe = _random_batches(shape, param.device, param.dtype, 1234, probe_batch)
+    check = _random_batches(shape, param.device, param.dtype, 4321, probe_batch)
+
+    names = {m: n for n, m in work.named_modules()}
+    order = producer_order(work, probe[0][:1])
+    if not order:
+        raise SurgeryError("the model has no conv or linear layer; nothing to cut")
+    output_layer = order[-1]
+    consumers = {n: m for n, m in work.named_modules() if isinstance(m, CONSUMERS)}
+    stats = probe_inputs(work, consumers, probe)
+    dg = build_graph(work, shape)
+    t_graph = time.perf_counter()
+
+    import torch_pruning as tp
+
+    plans = []
+    with make_progress() as progress:
+        task = progress.add_task("surgery: grouping", total=None, info="")
+        for group in dg.get_all_groups(ignored_layers=[work.get_submodule(output_layer)],
+                                       root_module_types=(tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
+            plan = plan_group(group, names, stats)
+            if round_channels:
+                round_plan(plan, round_channels)
+            check_grouped(plan)
+            plans.append(plan)
+            progress.advance(task)
+
+    folds: dict[str, dict[int, float]] = {}
+    for plan in plans:
+        for r in plan.remove:
+            for consumer, idx, value in plan.folds.get(r, []):
+                folds.setdefault(consumer, {})[idx] = value
+    bias_added = apply_folds(work, folds)
+
+    kept: dict[str, list[int]] = {}
+    sizes = {n: _out_size(m) for n, m in work.named_modules()}
+    steps = []
+    todo = [p for p in plans if p.remove]
+    with make_progress() as progress:
+        task = progress.add_task("surgery: removing", total=len(todo), info="")
+        for plan in todo:
+            layer = work.get_submodule(plan.root)
+            group = pruning_group(dg, layer, plan.remove)
+            if not dg.check_pruning_group(group):
+                raise SurgeryError(f"removing {len(plan.remove)} channels of {plan.root} would empty a coupled layer; "
+                                   "report this with the model")
+            fn = step_name(layer)
+            _track_removal(group, names, kept)
+            group.prune(record_history=False)
+            steps.append([plan.root, fn, list(plan.remove)])
+            progress.update(task, advance=1, info=plan.root)
+    work.eval()
+    verification = verify(masked, work, check, kept, tolerance)
+
+    removed = {n: sorted(set(range(sizes[n])) - set(k)) for n, k in kept.items()}
+    spec = {"version": SPEC_VERSION, "input_shape": list(shape), "bias_added": bias_added, "steps": steps}
+    arch = getattr(masked, "edgeprune_arch", None)
+    if arch is not None:
+        work.edgeprune_arch = {**copy.deepcopy(arch), "surgery": merge_specs(arch.get("surgery"), spec)}
+    before, after = summarize(masked, shape), summarize(work, shape)
+    report = {
+        "input_shape": list(shape),
+        "round_channels": round_channels,
+        "output_layer": output_layer,
+        "layers": _layer_table(before, after),
+        "params_before": before.params_total,
+        "params_after": after.params_total,
+        "macs_before": before.macs,
+        "macs_after": after.macs,
+        "neurons_before": before.neurons,
+        "neurons_after": after.neurons,
+        "channels_removed": sum(len(p.remove) for p in plans),
+        "folded": {c: len(v) for c, v in folds.items()},
+        "bias_added": bias_added,
+        "kept": [{"layer": p.root, "channel": r, "reason": why} for p in plans for r, why in sorted(p.kept.items())],
+        "skipped_groups": [{"layer": p.root, "reason": p.skipped} for p in plans if p.skipped],
+        "verification": verification,
+        "steps": len(steps),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "graph_seconds": round(t_graph - t0, 3),
+    }
+    log.info("surgery: %d channels removed, params %d → %d, max |Δ| %.3g", report["channels_removed"],
+             before.params_total, after.params_total, verification["max_abs_diff"])
+    return SurgeryResult(work, report, removed)
+
+
+def surgery_checkpoint(
+    masked_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    round_channels: int | None = None,
+    probe_batch: torch.Tensor | None = None,
+) -> SurgeryResult:
+    """Load a masked checkpoint, cut it, and save the slim model (atomic; arch spec + state_dict, weights-only),
+    with the input's meta plus ``surgery_report``."""
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..models import input_shape_of
+
+    loaded = load_checkpoint(masked_path)
+    if loaded.arch is None:
+        raise SurgeryError(f"{masked_path} carries no architecture spec; save it with edgeprune.checkpoint first")
+    shape = loaded.meta.get("input_shape") or input_shape_of(
+        {"name": loaded.arch["name"], "kwargs": loaded.arch.get("kwargs", {})})
+    result = surgery(loaded.model, tuple(shape), round_channels=round_channels, probe_batch=probe_batch)
+    meta = {k: v for k, v in loaded.meta.items() if k != "versions"}
+    meta["input_shape"] = list(shape)
+    meta["surgery_report"] = result.report
+    save_checkpoint(out_path, result.model, meta=meta, arch=result.model.edgeprune_arch)
+    return result
