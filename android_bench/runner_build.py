@@ -60,7 +60,9 @@ _WHEEL_PLATFORMS = {
 }
 CROSS_PREFIX = "aarch64-linux-gnu-"
 CROSS_SYSROOT_LIB = pathlib.Path("/usr/aarch64-linux-gnu/lib")
-CROSS_APT_PACKAGES = ["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "libstdc++6-arm64-cross", "libgcc-s1-arm64-cross"]
+CROSS_APT_PACKAGES = [
+    "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "libstdc++6-arm64-cross", "libgcc-s1-arm64-cross",
+]
 ARM64_LOADER = "ld-linux-aarch64.so.1"
 BUNDLE_FORMAT = 1
 
@@ -107,7 +109,7 @@ class BuildInfo:
 
 
 def cache_root(cache_dir: os.PathLike | str | None = None) -> pathlib.Path:
-    """Folder holding bundles and downloads: ``cache_dir`` or ``$EDGEPRUNE_RUNNER_CACHE`` or ``~/.cache/edgeprune/runner``."""
+    """Folder of bundles and downloads: ``cache_dir``, ``$EDGEPRUNE_RUNNER_CACHE`` or ``~/.cache/edgeprune/runner``."""
     if cache_dir is not None:
         return pathlib.Path(cache_dir)
     if os.environ.get("EDGEPRUNE_RUNNER_CACHE"):
@@ -319,7 +321,8 @@ def _arm64_runtime_libs(binary: pathlib.Path, ort_lib: pathlib.Path) -> list[pat
             continue
         src = CROSS_SYSROOT_LIB / name
         if not src.exists():
-            raise RunnerBuildError(f"{name} is needed but not in {CROSS_SYSROOT_LIB} (apt-get install libc6-arm64-cross)")
+            raise RunnerBuildError(
+                f"{name} is needed but not in {CROSS_SYSROOT_LIB} (apt-get install libc6-arm64-cross)")
         seen[name] = src
         todo += _needed(readelf, src.resolve())
     return [seen[k] for k in sorted(seen)]

@@ -201,7 +201,8 @@ def test_executorch_malformed():
 def test_executorch_command(tmp_path):
     cmd = get_runner("executorch:/data/local/tmp/executor_runner").command(
         RunSpec("model.pte", 100, 5, 2, "c0", "/data/local/tmp/edgeprune"))
-    assert "taskset c0 /data/local/tmp/executor_runner --model_path=model.pte --num_executions=105 --cpu_threads=2" in cmd
+    assert ("taskset c0 /data/local/tmp/executor_runner --model_path=model.pte --num_executions=105 "
+            "--cpu_threads=2") in cmd
     # A tool given by a path on this computer is pushed into <workdir>/tools/ and run from there.
     tool = tmp_path / "executor_runner"
     tool.write_bytes(b"\x7fELF")

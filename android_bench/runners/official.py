@@ -197,7 +197,8 @@ def parse_torch_speed_benchmark(output: str) -> list[float]:
         try:
             rec = json.loads(m.group(1))
         except ValueError as exc:
-            raise RunnerOutputError(f"torch_speed_benchmark: malformed PyTorchObserver line {m.group(0)[:160]!r}") from exc
+            raise RunnerOutputError(
+                f"torch_speed_benchmark: malformed PyTorchObserver line {m.group(0)[:160]!r}") from exc
         if not isinstance(rec, dict):
             raise RunnerOutputError(f"torch_speed_benchmark: malformed PyTorchObserver line {m.group(0)[:160]!r}")
         if rec.get("type") != "NET" or rec.get("metric") != "latency":
