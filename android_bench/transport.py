@@ -185,7 +185,7 @@ class AdbConnection:
             )
         except (ConnectionRefusedError, socket.gaierror, OSError) as exc:
             device.close()
-            if prompted["shown"] or isinstance(exc, ConnectionResetError):
+            if prompted["shown"]:
                 raise DeviceUnauthorizedError(
                     f"{where} did not accept this computer's key: unlock the phone and tap 'Allow' on the "
                     f"'Allow USB debugging' prompt, then retry"

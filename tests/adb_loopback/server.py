@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import signal
 import socket
 import stat as stat_mod
 import struct
@@ -109,6 +110,7 @@ class _ShellStream(_Stream):
             ["/bin/sh", "-c", sandbox.rewrite(self.command)], cwd=sandbox.root, env=sandbox.env(),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        self.conn.server.process_groups.append(self.proc.pid)  # its own session: pgid == pid
         fd = self.proc.stdout.fileno()
         while True:
             chunk = os.read(fd, 65536)
@@ -438,6 +440,7 @@ class LoopbackAdbDevice:
         self._drop_countdown: int | None = None
         self._drops_left = self.faults.drop_times
         self._conns: list[_Connection] = []
+        self.process_groups: list[int] = []  # shells and what they left running detached, killed by stop()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", port))
@@ -507,6 +510,12 @@ class LoopbackAdbDevice:
             conn.kill()
         if self._thread is not None:
             self._thread.join(5)
+        # Detached runners (nohup … &) stay in their shell's process group: end them so nothing outlives the test.
+        for pgid in self.process_groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def __enter__(self) -> "LoopbackAdbDevice":
         self.start()
