@@ -1,0 +1,44 @@
+"""The ort-c runner through the real ADB harness (run_benchmark) against the loopback device.
+
+The loopback "phone" runs commands on this x86_64 host, so the native x86_64 bundle stands in for the arm64 one
+(given as ``ort-c:<bundle folder>``): this checks files() are pushed under the work dir, command() runs there with
+the pinning mask, and parse() reads the real runner's output, end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+from adb_loopback.fixtures import adb_home, device, make_device, onnx_models, private_home  # noqa: F401
+from android_bench.bench import run_benchmark
+from android_bench.runner_build import build_bundle, bundle_files
+from android_bench.runners import get_runner
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+                                reason="the native runner build is x86_64 Linux only")
+
+
+@pytest.fixture(scope="module")
+def native_bundle() -> pathlib.Path:
+    cache = pathlib.Path(os.environ.get("EDGEPRUNE_RUNNER_CACHE") or pathlib.Path.home() / ".cache/edgeprune/runner")
+    return build_bundle("x86_64", cache)
+
+
+def test_ort_c_through_run_benchmark(device, onnx_models, native_bundle):
+    runner = get_runner(f"ort-c:{native_bundle}")
+    result = run_benchmark([onnx_models["slim"]], device.serial, runner=runner, runs=60, warmup=3,
+                           cooldown_seconds=1, baseline=onnx_models["dense"], keep=True, progress=False)
+    pushed = {p.rsplit("/edgeprune/", 1)[-1] for p in result["pushed"]}
+    assert {f"ort_c/{p.as_posix()}" for p in bundle_files(native_bundle)} <= pushed
+    by_name = {r["model"]: r for r in result["results"]}
+    for name in ("dense.onnx", "slim.onnx"):
+        res = by_name[name]
+        assert res["runtime"] == "ort-c" and res["runs"] == 60 and len(res["samples_ms"]) == 60
+        assert all(0 < s < 1000 for s in res["samples_ms"]) and res["complete"]
+    assert set(device.sandbox.taskset_masks()) == {"f0"}
+    workdir = device.sandbox.root / "data/local/tmp/edgeprune/ort_c"
+    assert os.access(workdir / "edgeprune_ort_runner", os.X_OK) and (workdir / "lib/libonnxruntime.so.1").is_file()
