@@ -11,6 +11,8 @@ from ._app import app, debug_enabled
 COMMAND_MODULES = (
     "train",
     "info",
+    "oneshot",
+    "analyze",
     "bench",
 )
 
