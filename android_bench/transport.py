@@ -17,7 +17,6 @@ import pathlib
 import re
 import select
 import socket
-import time
 from typing import Callable
 
 from android_bench.errors import (
@@ -101,6 +100,23 @@ def _nodelay_transport_class():
             return sent
 
     return NoDelayTcpTransport
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What a broken link or a confused device raises through adb-shell (not programming errors, which propagate)."""
+    import struct
+
+    from adb_shell import exceptions as adbx
+
+    errors: list[type[BaseException]] = [OSError, struct.error]
+    errors += [obj for obj in vars(adbx).values() if isinstance(obj, type) and issubclass(obj, Exception)]
+    try:
+        import usb1
+
+        errors.append(usb1.USBError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def parse_serial(serial: str | None) -> tuple[str, str | None, int | None]:
@@ -234,7 +250,7 @@ class AdbConnection:
                 return fn(device)
             except AndroidBenchError:
                 raise
-            except Exception as exc:
+            except _transport_errors() as exc:
                 from adb_shell import exceptions as adbx
 
                 if isinstance(exc, (adbx.PushFailedError, adbx.AdbCommandFailureException)):
@@ -323,14 +339,3 @@ class AdbConnection:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
-    """Poll ``predicate`` until true or ``timeout_s`` passed; return whether it became true."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval_s)
