@@ -106,3 +106,44 @@ def test_push_pull_and_exit_codes_through_harness_transport(device, tmp_path):
     import hashlib
 
     assert rc == 0 and out.split()[0] == hashlib.sha256(data).hexdigest()
+
+
+def test_transport_sets_nodelay_and_stays_fast(device, tmp_path):
+    """TCP_NODELAY is what makes small ADB messages fast; a 5 MiB push stays far below stock adb-shell's time."""
+    import time
+
+    from android_bench.transport import AdbConnection
+
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(5 * 1024 * 1024))
+    with AdbConnection(device.serial) as conn:
+        sock = conn._device._io_manager._transport._connection
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        t0 = time.perf_counter()
+        for _ in range(20):
+            conn.run("echo x")
+        per_command = (time.perf_counter() - t0) / 20
+        t0 = time.perf_counter()
+        conn.push(big, "/data/local/tmp/big")
+        push_s = time.perf_counter() - t0
+    assert per_command < 0.035  # stock adb-shell needs ≥ 40 ms (one delayed ACK) per round trip
+    assert push_s < 3.0  # goal ≤ 1 s; generous for a busy CI machine
+
+
+def test_closed_connection_fails_fast_and_reconnects(make_device):
+    """A dropped link is noticed at once (not after adb-shell's 10 s read timeout); the next command reconnects."""
+    import time
+
+    from adb_loopback import Faults
+    from android_bench.errors import DeviceDisconnectedError
+    from android_bench.transport import AdbConnection
+
+    dev = make_device(faults=Faults(drop_match=b"sleep 0.2", drop_after_messages=0))
+    with AdbConnection(dev.serial) as conn:
+        t0 = time.perf_counter()
+        with pytest.raises(DeviceDisconnectedError, match="lost the connection"):
+            conn.run("sleep 0.2; echo done", retry=False)
+        assert time.perf_counter() - t0 < 3.0
+        assert conn.run("echo back") == ("back\n", 0)
+        assert conn.reconnects == 1
+    assert dev.events_of("drop")
