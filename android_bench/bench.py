@@ -285,9 +285,10 @@ def run_benchmark(
                 session.save(partial=True, error=str(exc))
                 exc.partial_path = partial_path
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # Ctrl-C included: keep what was measured, say where
             if session.record:
                 session.save(partial=True, error=f"{exc.__class__.__name__}: {exc}")
+                log.warning("benchmark stopped; results measured so far saved to %s", partial_path)
             raise
         finally:
             if not keep and session.record:
