@@ -25,7 +25,7 @@ apt_install() {
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
 }
 
-apt_install dataset-fashion-mnist ${EDGEPRUNE_EXTRA_APT:-adb qemu-user-static gcc-aarch64-linux-gnu p7zip-full}
+apt_install dataset-fashion-mnist ${EDGEPRUNE_EXTRA_APT:-adb qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross p7zip-full}
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
