@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "oneshot",
     "analyze",
     "bench",
+    "surgery",
 )
 
 

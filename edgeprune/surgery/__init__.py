@@ -5,9 +5,9 @@ the ``"surgery"`` arch-spec extension, so ``edgeprune.checkpoint.build_model`` r
 """
 
 from ..checkpoint import register_arch_extension
-from .core import SurgeryResult, surgery, surgery_checkpoint
+from .core import SurgeryConfig, SurgeryResult, surgery, surgery_checkpoint
 from .replay import replay
 
 register_arch_extension("surgery", replay)
 
-__all__ = ["SurgeryResult", "surgery", "surgery_checkpoint"]
+__all__ = ["SurgeryConfig", "SurgeryResult", "surgery", "surgery_checkpoint"]

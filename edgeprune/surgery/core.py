@@ -24,6 +24,25 @@ PROBE_BATCH = 4
 
 
 @dataclasses.dataclass
+class SurgeryConfig:
+    """Options of ``edgeprune surgery`` (validated when built)."""
+
+    round_channels: int | None = None
+    tolerance: float = 1e-5
+    probe_samples: int = 64
+    """Real samples (from the validation split) added to the probe and the verification, when a dataset is given."""
+
+    def __post_init__(self):
+        if self.round_channels is not None and (isinstance(self.round_channels, bool)
+                                                or not isinstance(self.round_channels, int) or self.round_channels < 1):
+            raise ConfigError(f"round_channels must be a positive integer (e.g. 8), got {self.round_channels!r}")
+        if not (isinstance(self.tolerance, (int, float)) and 0 < self.tolerance < 1):
+            raise ConfigError(f"tolerance must be in (0, 1), e.g. 1e-5, got {self.tolerance!r}")
+        if not isinstance(self.probe_samples, int) or self.probe_samples < 1:
+            raise ConfigError(f"probe_samples must be a positive integer, got {self.probe_samples!r}")
+
+
+@dataclasses.dataclass
 class SurgeryResult:
     model: nn.Module
     """The slim model (eval mode), carrying its arch spec with a "surgery" section when the input had one."""
@@ -97,10 +116,7 @@ def surgery(
     Raises SurgeryError when a grouped conv would be cut or when the slim model's output differs by more than
     ``tolerance`` · max |output|. The input model is not modified.
     """
-    if round_channels is not None and (not isinstance(round_channels, int) or round_channels < 1):
-        raise ConfigError(f"round_channels must be a positive integer (e.g. 8), got {round_channels!r}")
-    if not tolerance > 0:
-        raise ConfigError(f"tolerance must be > 0, got {tolerance!r}")
+    SurgeryConfig(round_channels=round_channels, tolerance=tolerance)
     shape = tuple(int(s) for s in input_shape)
     t0 = time.perf_counter()
     modes = [(m, m.training) for m in model.modules()]
@@ -217,9 +233,11 @@ def surgery_checkpoint(
     out_path: str | os.PathLike,
     round_channels: int | None = None,
     probe_batch: torch.Tensor | None = None,
+    tolerance: float = 1e-5,
 ) -> SurgeryResult:
     """Load a masked checkpoint, cut it, and save the slim model (atomic; arch spec + state_dict, weights-only),
-    with the input's meta plus ``surgery_report``."""
+    with the input's meta plus ``surgery_report``. Extra entries of the input (e.g. ``init_state_dict``) describe
+    the dense shapes and are not carried over."""
     from ..checkpoint import load_checkpoint, save_checkpoint
     from ..models import input_shape_of
 
@@ -228,7 +246,8 @@ def surgery_checkpoint(
         raise SurgeryError(f"{masked_path} carries no architecture spec; save it with edgeprune.checkpoint first")
     shape = loaded.meta.get("input_shape") or input_shape_of(
         {"name": loaded.arch["name"], "kwargs": loaded.arch.get("kwargs", {})})
-    result = surgery(loaded.model, tuple(shape), round_channels=round_channels, probe_batch=probe_batch)
+    result = surgery(loaded.model, tuple(shape), round_channels=round_channels, probe_batch=probe_batch,
+                     tolerance=tolerance)
     meta = {k: v for k, v in loaded.meta.items() if k != "versions"}
     meta["input_shape"] = list(shape)
     meta["surgery_report"] = result.report

@@ -1,0 +1,100 @@
+"""Slim checkpoints: weights-only files that rebuild from their arch spec; surgery_checkpoint and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgeprune.checkpoint import build_model, load_checkpoint, save_checkpoint
+from edgeprune.cli import main
+from edgeprune.models import create_model, input_shape_of
+from edgeprune.surgery import surgery, surgery_checkpoint
+from edgeprune.surgery.synthetic import kill_random_channels, randomize_bn
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def masked_model(name, shape, seed=0, constant_fraction=0.5):
+    m = create_model(name).eval()
+    randomize_bn(m, seed)
+    kill_random_channels(m, shape, 0.5, constant_fraction, seed)
+    return m
+
+
+@pytest.mark.parametrize("name,shape", [
+    ("resnet32-cifar", None),
+    ("unet-small", (3, 32, 32)),
+    ("torchvision:mobilenet_v2", (3, 64, 64)),  # folds constants into 1x1 convs that had no bias
+])
+def test_round_trip_reproduces_outputs(tmp_path, name, shape):
+    shape = shape or input_shape_of(name)
+    m = masked_model(name, shape)
+    res = surgery(m, shape, round_channels=4)
+    spec = res.model.edgeprune_arch
+    json.dumps(spec)  # the architecture is plain data
+    assert spec["surgery"]["steps"] and spec["name"] == name
+    if name.endswith("mobilenet_v2"):
+        assert spec["surgery"]["bias_added"]
+    path = save_checkpoint(tmp_path / "slim.pt", res.model)
+    raw = torch.load(path, weights_only=True)
+    assert raw["arch"]["surgery"] == spec["surgery"]
+    loaded = load_checkpoint(path)
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), res.model(x))
+    assert sum(p.numel() for p in loaded.model.parameters()) == res.report["params_after"]
+
+
+def test_second_surgery_appends_steps(tmp_path):
+    shape = (1, 8, 8)
+    m = masked_model("tiny-resnet", shape, seed=1, constant_fraction=0.0)
+    first = surgery(m, shape).model
+    kill_random_channels(first, shape, 0.4, 0.0, seed=2)
+    second = surgery(first, shape)
+    steps = second.model.edgeprune_arch["surgery"]["steps"]
+    assert len(steps) > len(first.edgeprune_arch["surgery"]["steps"])
+    rebuilt = build_model(second.model.edgeprune_arch)
+    rebuilt.load_state_dict(second.model.state_dict())
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), second.model(x))
+
+
+def test_surgery_checkpoint_copies_meta(tmp_path):
+    shape = input_shape_of("lenet5")
+    m = masked_model("lenet5", shape)
+    src = save_checkpoint(tmp_path / "masked.pt", m, meta={"dataset": "fashion-mnist", "input_shape": list(shape),
+                                                           "top1_error": 0.1})
+    res = surgery_checkpoint(src, tmp_path / "slim.pt")
+    loaded = load_checkpoint(tmp_path / "slim.pt")
+    assert loaded.meta["dataset"] == "fashion-mnist" and loaded.meta["top1_error"] == 0.1
+    assert loaded.meta["surgery_report"]["params_after"] == res.report["params_after"] < res.report["params_before"]
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), m(x), atol=1e-5 * float(m(x).abs().max()))
+    assert [p.name for p in tmp_path.iterdir()] and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_cli(tmp_path, capsys):
+    shape = input_shape_of("tiny-cnn")
+    m = masked_model("tiny-cnn", shape)
+    src = save_checkpoint(tmp_path / "masked.pt", m, meta={"input_shape": list(shape)})
+    assert main(["surgery", str(src), "--out", str(tmp_path / "slim.pt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params_after"] < report["params_before"]
+    assert load_checkpoint(tmp_path / "slim.pt").meta["surgery_report"]["params_after"] == report["params_after"]
+    assert main(["surgery", str(src), "--out", str(tmp_path / "slim8.pt"), "--round-channels", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "→" in out and "max |Δ|" in out
+    assert main(["surgery", str(src), "--out", str(tmp_path / "x.pt"), "--round-channels", "0"]) == 1
+    assert "round_channels" in capsys.readouterr().err
+    assert main(["surgery", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "y.pt")]) == 1
+    assert "no such file" in capsys.readouterr().err
