@@ -22,6 +22,7 @@ from typing import Callable
 from android_bench.errors import (
     AndroidBenchError,
     BenchTimeoutError,
+    DeviceCommandError,
     DeviceDisconnectedError,
     DeviceNotFoundError,
     DeviceUnauthorizedError,
@@ -150,8 +151,8 @@ class AdbConnection:
         self.read_timeout_s = read_timeout_s
         self._device = None
         self._connected = False
+        self._ever_connected = False
         self.reconnects = 0
-        self.banner: str | None = None
 
     # -- connection ---------------------------------------------------------------------------------------------
     def _new_device(self):
@@ -220,9 +221,11 @@ class AdbConnection:
             raise DeviceNotFoundError(f"{where} accepted the connection but did not answer the ADB handshake ({exc})") from exc
         except Exception as exc:
             device.close()
-            raise DeviceNotFoundError(f"could not connect to {where}: {exc.__class__.__name__}: {exc}") from exc
+            hint = " (if an adb server holds the phone, run `adb kill-server`)" if self.kind == "usb" else ""
+            raise DeviceNotFoundError(f"could not connect to {where}: {exc.__class__.__name__}: {exc}{hint}") from exc
         self._device = device
         self._connected = True
+        self._ever_connected = True
         log.debug("connected to %s", where)
 
     def close(self) -> None:
@@ -236,7 +239,7 @@ class AdbConnection:
 
     def _ensure(self):
         if not self._connected:
-            if self._device is not None:
+            if self._ever_connected:
                 self.reconnects += 1
             self.connect()
         return self._device
@@ -253,20 +256,20 @@ class AdbConnection:
             except _transport_errors() as exc:
                 from adb_shell import exceptions as adbx
 
+                # Whatever happened, adb-shell's state may be stale (its `available` flag lies): start afresh.
+                self.close()
                 if isinstance(exc, (adbx.PushFailedError, adbx.AdbCommandFailureException)):
+                    # The sync service answered with FAIL: the link works, the device refused.
                     msg = exc.args[0] if exc.args else exc
                     if isinstance(msg, (bytes, bytearray)):
                         msg = msg.decode("utf-8", "replace")
-                    # The sync service answered: the connection itself is fine.
                     if "space" in str(msg).lower():
                         raise NoSpaceError(
                             f"the device is out of space while {what}: free space in /data (delete files in "
                             f"/data/local/tmp) and retry"
                         ) from exc
-                    raise DeviceDisconnectedError(f"{what} failed on the device: {msg}") from exc
+                    raise DeviceCommandError(f"{what} failed on the device: {msg}") from exc
                 log.warning("%s failed (%s: %s); reconnecting", what, exc.__class__.__name__, exc)
-                self.close()
-                self._device = object()  # marks "was connected" so the next connect counts as a reconnect
                 if attempt == attempts - 1:
                     if isinstance(exc, (adbx.AdbTimeoutError, adbx.TcpTimeoutException)):
                         raise BenchTimeoutError(f"{what} timed out on {self.serial or 'USB'}: {exc}") from exc

@@ -148,3 +148,15 @@ def test_closed_connection_fails_fast_and_reconnects(make_device):
         assert conn.run("echo back") == ("back\n", 0)
         assert conn.reconnects == 1
     assert dev.events_of("drop")
+
+
+def test_refused_sync_request_is_a_device_error_not_a_disconnect(device, tmp_path):
+    from android_bench.errors import DeviceCommandError
+    from android_bench.transport import AdbConnection
+
+    with AdbConnection(device.serial) as conn:
+        with pytest.raises(DeviceCommandError, match="No such file"):
+            conn.pull("/data/local/tmp/missing.bin", tmp_path / "x")
+        assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+        assert conn.run("echo still here") == ("still here\n", 0)
+        assert conn.reconnects == 1  # the failed sync stream was dropped with the connection, then reopened
