@@ -59,11 +59,26 @@ def schedule(n_entries: int, rounds: int) -> list[tuple[int, int]]:
 
 
 def is_throttled(freq_samples: list[dict], max_khz: dict[int, int], ratio: float) -> bool:
-    """True if any sampled ``scaling_cur_freq`` of a pinned core fell below ``ratio`` × its ``cpuinfo_max_freq``."""
+    """Did a pinned core run below ``ratio`` × its ``cpuinfo_max_freq`` while it should have been at full speed?
+
+    Two signs count: the thermal governor capped ``scaling_max_freq`` below that line, or ``scaling_cur_freq`` fell
+    below it *after* the core had ramped up. Samples before the first ramp-up are ignored: a core idles at a low
+    clock while the runner starts, which is not throttling.
+    """
+    ramped: set[int] = set()
     for sample in freq_samples:
-        for cpu, khz in sample["khz"].items():
+        for cpu, cap in sample.get("max_khz", {}).items():
             top = max_khz.get(int(cpu))
-            if top and khz is not None and khz < ratio * top:
+            if top and cap is not None and cap < ratio * top:
+                return True
+        for cpu, khz in sample["khz"].items():
+            cpu = int(cpu)
+            top = max_khz.get(cpu)
+            if not top or khz is None:
+                continue
+            if khz >= ratio * top:
+                ramped.add(cpu)
+            elif cpu in ramped:
                 return True
     return False
 
@@ -184,22 +199,23 @@ class _Session:
         _, rc = self.conn.run(launch, retry=False)
         if rc != 0:
             raise DeviceCommandError(f"could not start the runner on the device (exit code {rc})")
-        freq_cmd = " ".join(f"{c}:$(cat /sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq 2>/dev/null)"
-                            for c in pinned)
+        freq_cmd = " ".join(f"{c}:$(cat {d}/scaling_cur_freq 2>/dev/null):$(cat {d}/scaling_max_freq 2>/dev/null)"
+                            for c in pinned for d in [f"/sys/devices/system/cpu/cpu{c}/cpufreq"])
         poll = f"cat {rcf} 2>/dev/null; echo __F {freq_cmd}"
         start = time.monotonic()
         samples: list[dict] = []
         while True:
             text, _ = self.conn.run(poll)
             head, _, freqs = text.partition("__F")
-            khz = {}
+            khz, cap = {}, {}
             for tok in freqs.split():
-                cpu, _, val = tok.partition(":")
+                cpu, cur, top = (tok.split(":") + ["", ""])[:3]
                 if cpu.isdigit():
-                    khz[int(cpu)] = int(val) if val.isdigit() else None
+                    khz[int(cpu)] = int(cur) if cur.isdigit() else None
+                    cap[int(cpu)] = int(top) if top.isdigit() else None
             elapsed = time.monotonic() - start
             if khz:
-                samples.append({"t": round(elapsed, 3), "khz": khz})
+                samples.append({"t": round(elapsed, 3), "khz": khz, "max_khz": cap})
                 status(khz)
             code = head.strip()
             if code.lstrip("-").isdigit():

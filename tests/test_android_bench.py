@@ -9,7 +9,7 @@ import time
 import pytest
 
 from adb_loopback.fixtures import adb_home, device, make_device, onnx_models, private_home  # noqa: F401
-from android_bench.bench import run_benchmark, schedule, split_runs
+from android_bench.bench import is_throttled, run_benchmark, schedule, split_runs
 
 WORKDIR = "data/local/tmp/edgeprune"
 
@@ -76,12 +76,23 @@ def test_second_run_with_keep_pushes_nothing(device, onnx_models):
 
 
 def test_throttling_is_flagged_from_frequencies(device, onnx_models):
-    device.sandbox.set_cur_freq(5, 1_200_000)  # half of cpu5's 2.36 GHz maximum
+    device.sandbox.set_max_freq(5, 1_200_000)  # the thermal governor capped cpu5 at half its 2.36 GHz
+    device.sandbox.set_cur_freq(5, 1_200_000)
     result = run_benchmark([onnx_models["slim"]], device.serial, runs=10, warmup=0, cooldown_seconds=1,
                            progress=False)
     res = result["results"][0]
     assert res["throttled"] is True and res["blocks"][0]["throttled"] is True
-    assert any(s["khz"][5] == 1_200_000 for s in res["freq_samples"])
+    assert any(s["khz"][5] == 1_200_000 and s["max_khz"][5] == 1_200_000 for s in res["freq_samples"])
+
+
+def test_throttle_rule_ignores_idle_start_but_catches_drops_and_caps():
+    top = {4: 2_000_000}
+    ramp_up = [{"khz": {4: 600_000}}, {"khz": {4: 2_000_000}}, {"khz": {4: 1_950_000}}]
+    assert is_throttled(ramp_up, top, 0.9) is False  # low clock while the runner starts is not throttling
+    assert is_throttled(ramp_up + [{"khz": {4: 1_400_000}}], top, 0.9) is True  # dropped after ramping up
+    capped = [{"khz": {4: 1_000_000}, "max_khz": {4: 1_000_000}}]
+    assert is_throttled(capped, top, 0.9) is True  # capped from the start
+    assert is_throttled([{"khz": {"4": 1_000_000}}], top, 0.9) is False  # never ramped, never capped
 
 
 def test_explicit_cores_and_threads_override_big_core_pinning(device, onnx_models):

@@ -125,6 +125,10 @@ class Sandbox:
     def set_cur_freq(self, cpu: int, khz: int) -> None:
         _write(self.root / f"sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq", f"{khz}\n")
 
+    def set_max_freq(self, cpu: int, khz: int) -> None:
+        """What the thermal governor does when it caps a core: lower ``scaling_max_freq``."""
+        _write(self.root / f"sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_max_freq", f"{khz}\n")
+
     def set_temp(self, zone: int, millidegrees: int) -> None:
         _write(self.root / f"sys/class/thermal/thermal_zone{zone}/temp", f"{millidegrees}\n")
 
