@@ -18,7 +18,7 @@ from android_bench.transport import AdbConnection, ensure_adb_key, parse_serial
 
 
 def test_package_never_imports_edgeprune():
-    code = ("import sys, android_bench.bench, android_bench.devices, android_bench.__main__, android_bench.runners;"
+    code = ("import sys, android_bench, android_bench.bench, android_bench.devices, android_bench.__main__, android_bench.runners;"
             "android_bench.runners.known_runners();"
             "bad = [m for m in sys.modules if m == 'edgeprune' or m.startswith('edgeprune.')];"
             "assert not bad, bad")
@@ -130,3 +130,13 @@ def test_device_info_record_is_plain_json(device):
     assert json.loads(json.dumps(record)) == record
     assert record["serial"] == device.serial and record["big_core_mask"] == "f0"
     assert os.environ["HOME"]  # the key used lives in the private HOME of the fixture
+
+
+def test_top_level_names_resolve_lazily():
+    import android_bench
+    from android_bench.bench import run_benchmark
+
+    assert android_bench.run_benchmark is run_benchmark
+    assert android_bench.describe_device.__module__ == "android_bench.devices"
+    with pytest.raises(AttributeError):
+        android_bench.no_such_name  # noqa: B018
