@@ -129,6 +129,7 @@ class _Session:
         self.prog = prog
         self.pushed: list[str] = []
         self.record: dict = {}
+        self.running_pidf: str | None = None  # pid file of the block in flight, so an abort can stop it
 
     def save(self, partial: bool, error: str | None = None) -> None:
         self.record["partial"] = partial
@@ -196,6 +197,7 @@ class _Session:
         launch = (f"mkdir -p {shlex.quote(out_dir)} && cd {shlex.quote(self.workdir)} && rm -f {out} {rcf} {pidf} && "
                   f"nohup sh -c {shlex.quote(inner)} > /dev/null 2>&1 < /dev/null &")
         # Never retried blindly: a second launch would run the model twice at once.
+        self.running_pidf = pidf
         _, rc = self.conn.run(launch, retry=False)
         if rc != 0:
             raise DeviceCommandError(f"could not start the runner on the device (exit code {rc})")
@@ -222,11 +224,13 @@ class _Session:
                 break
             if elapsed > timeout_s:
                 self.conn.run(_kill_tree(pidf))
+                self.running_pidf = None
                 raise BenchTimeoutError(
                     f"{tag}: the runner did not finish within {timeout_s:.0f} s and was stopped: lower --runs or "
                     f"raise the timeout"
                 )
             time.sleep(POLL_INTERVAL_S)
+        self.running_pidf = None
         with tempfile.TemporaryDirectory(prefix="android_bench-") as tmp:
             local = pathlib.Path(tmp) / "out.txt"
             self.conn.pull(out, local)
@@ -307,6 +311,9 @@ def run_benchmark(
                 log.warning("benchmark stopped; results measured so far saved to %s", partial_path)
             raise
         finally:
+            if session.running_pidf is not None:  # aborted mid-block (error or Ctrl-C): stop the runner
+                with contextlib.suppress(Exception):
+                    conn.run(_kill_tree(session.running_pidf), timeout_s=30)
             if not keep and session.record:
                 with contextlib.suppress(Exception):
                     conn.run(f"rm -rf {shlex.quote(session.workdir)}", timeout_s=30)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
+import time
 
 import pytest
 
@@ -147,3 +149,55 @@ def test_all_errors_share_the_base_class():
     for cls in (AbiMismatchError, BenchTimeoutError, DeviceDisconnectedError, DeviceNotFoundError,
                 DeviceUnauthorizedError, NoSpaceError, RunnerCrashError):
         assert issubclass(cls, AndroidBenchError)
+
+
+class _StuckRunner(PythonOrtRunner):
+    """python-ort whose run on one chosen model practically never ends, so an interrupt lands mid-block."""
+
+    name = "python-ort-stuck"
+
+    def __init__(self, stuck_remote_suffix: str):
+        super().__init__()
+        self.stuck = stuck_remote_suffix
+
+    def command(self, spec):
+        if spec.model_remote.endswith(self.stuck):
+            spec = dataclasses.replace(spec, runs=50_000_000)
+        return super().command(spec)
+
+
+def test_ctrl_c_stops_the_runner_and_keeps_results(device, onnx_models, tmp_path):
+    import _thread
+    import threading
+
+    from android_bench.transport import AdbConnection
+
+    stuck = sha256_file(onnx_models["dense"])[:16] + ".onnx"
+    register_runner("test-stuck", lambda arg: _StuckRunner(stuck))
+    partial = tmp_path / "partial.json"
+    second_block_pid = device.sandbox.root / "data/local/tmp/edgeprune/out/b1_a0.pid"
+    stop = threading.Event()
+
+    def ctrl_c_once_second_block_runs():
+        while not stop.is_set():
+            if second_block_pid.exists():
+                time.sleep(0.3)
+                _thread.interrupt_main()
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=ctrl_c_once_second_block_runs)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_benchmark([onnx_models["slim"], onnx_models["dense"]], device.serial, runner="test-stuck", runs=300,
+                          warmup=0, cooldown_seconds=1, progress=False, partial_path=partial, timeout_s=60)
+    finally:
+        stop.set()
+        watcher.join()
+    saved = json.loads(partial.read_text())
+    assert saved["partial"] is True and saved["error"].startswith("KeyboardInterrupt")
+    assert [r["runs"] for r in saved["results"]] == [300, 0]
+    with AdbConnection(device.serial) as conn:
+        out, _ = conn.run("pgrep -f 'ort_python_scrip[t]' || echo none")
+    assert out.strip() == "none"
