@@ -20,11 +20,13 @@ from android_bench.errors import AndroidBenchError
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m android_bench", description="Benchmark ONNX models on a phone over ADB.")
+    ap = argparse.ArgumentParser(prog="python -m android_bench",
+                                 description="Benchmark ONNX models on a phone over ADB.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log what the harness does")
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("devices", help="list devices (from a running adb server and USB)")
-    d.add_argument("--adb-port", type=int, default=None, help="adb server port (default $ANDROID_ADB_SERVER_PORT or 5037)")
+    d.add_argument("--adb-port", type=int, default=None,
+                   help="adb server port (default $ANDROID_ADB_SERVER_PORT or 5037)")
     s = sub.add_parser("describe", help="print one device's record as JSON")
     s.add_argument("--serial", default=None, help="IP:PORT or USB serial")
     b = sub.add_parser("bench", help="time models on the device")

@@ -113,8 +113,9 @@ def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=False) as prog:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=False) as prog:
         yield prog
 
 
@@ -143,7 +144,8 @@ class _Session:
             return []
         quoted = " ".join(shlex.quote(r) for r in remotes)
         out, _ = self.conn.run(
-            f'for f in {quoted}; do h=$(sha256sum "$f" 2>/dev/null || cat "$f.sha256" 2>/dev/null); echo "H:${{h%% *}}"; done'
+            f'for f in {quoted}; do h=$(sha256sum "$f" 2>/dev/null || cat "$f.sha256" 2>/dev/null); '
+            f'echo "H:${{h%% *}}"; done'
         )
         hashes = [ln[2:].strip() for ln in out.splitlines() if ln.startswith("H:")]
         if len(hashes) != len(remotes):
@@ -182,13 +184,16 @@ class _Session:
         temp = max_temperature(read_thermal(self.conn)) if idle_c is not None else None
         while idle_c is not None and temp is not None and temp > idle_c + tolerance_c:
             if time.monotonic() - start >= limit_s:
-                log.warning("still %.1f °C after %.0f s of cool-down (idle %.1f °C); running anyway", temp, limit_s, idle_c)
-                return {"cooldown_s": round(time.monotonic() - start, 3), "cooldown_reached": False, "start_temp_c": temp}
+                log.warning("still %.1f °C after %.0f s of cool-down (idle %.1f °C); running anyway",
+                            temp, limit_s, idle_c)
+                return {"cooldown_s": round(time.monotonic() - start, 3), "cooldown_reached": False,
+                        "start_temp_c": temp}
             time.sleep(min(1.0, max(0.1, limit_s / 20)))
             temp = max_temperature(read_thermal(self.conn))
         return {"cooldown_s": round(time.monotonic() - start, 3), "cooldown_reached": True, "start_temp_c": temp}
 
-    def run_block(self, spec: RunSpec, tag: str, pinned: list[int], timeout_s: float, status) -> tuple[list[float], list[dict]]:
+    def run_block(self, spec: RunSpec, tag: str, pinned: list[int], timeout_s: float,
+                  status) -> tuple[list[float], list[dict]]:
         """Start the runner detached, poll exit code + frequencies, pull and parse its output."""
         out_dir = f"{self.workdir}/out"
         out, rcf, pidf = (f"{out_dir}/{tag}.{ext}" for ext in ("txt", "rc", "pid"))

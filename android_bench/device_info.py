@@ -51,14 +51,16 @@ for c in /sys/devices/system/cpu/cpu[0-9]*; do
   for f in {' '.join(CPU_FILES)}; do echo "$n $f $(cat $c/cpufreq/$f 2>/dev/null)"; done
 done
 echo {_SEP}
-for z in /sys/class/thermal/thermal_zone*; do echo "${{z##*/}}|$(cat $z/type 2>/dev/null)|$(cat $z/temp 2>/dev/null)"; done
+for z in /sys/class/thermal/thermal_zone*; do
+  echo "${{z##*/}}|$(cat $z/type 2>/dev/null)|$(cat $z/temp 2>/dev/null)"
+done
 echo {_SEP}
 dumpsys battery 2>/dev/null || echo "  temperature: $(cat /sys/class/power_supply/battery/temp 2>/dev/null)"
 """
 
 THERMAL_SCRIPT = (
-    'for z in /sys/class/thermal/thermal_zone*; do echo "${z##*/}|$(cat $z/type 2>/dev/null)|$(cat $z/temp 2>/dev/null)"'
-    "; done"
+    "for z in /sys/class/thermal/thermal_zone*; do "
+    'echo "${z##*/}|$(cat $z/type 2>/dev/null)|$(cat $z/temp 2>/dev/null)"; done'
 )
 
 

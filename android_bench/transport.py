@@ -218,7 +218,9 @@ class AdbConnection:
                     f"{where} did not accept this computer's key within {self.auth_timeout_s:.0f} s: unlock the phone "
                     f"and tap 'Allow' on the 'Allow USB debugging' prompt, then retry"
                 ) from exc
-            raise DeviceNotFoundError(f"{where} accepted the connection but did not answer the ADB handshake ({exc})") from exc
+            raise DeviceNotFoundError(
+                f"{where} accepted the connection but did not answer the ADB handshake: is it an adb port? ({exc})"
+            ) from exc
         except Exception as exc:
             device.close()
             hint = " (if an adb server holds the phone, run `adb kill-server`)" if self.kind == "usb" else ""

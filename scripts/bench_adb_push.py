@@ -5,8 +5,8 @@
 Compares android_bench's transport (adb-shell + TCP_NODELAY, complete writes) with stock adb-shell
 (``AdbDeviceTcp``, no TCP_NODELAY). The stock transport waits for delayed ACKs (~40 ms per message), so it pushes only
 256 KiB first and extrapolates linearly to 5 MiB; only when that estimate is under 15 s is the full
-push measured too. The table says which numbers are measured and which are extrapolated. Everything runs on 127.0.0.1; a real phone over
-Wi-Fi or USB adds its own link latency on top of these numbers.
+push measured too. The table says which numbers are measured and which are extrapolated.
+Everything runs on 127.0.0.1; a real phone over Wi-Fi or USB adds its own link latency on top of these numbers.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
                     rows.append(("stock adb-shell push", f"{args.mib:g} MiB", t[0], t[0], "measured"))
                 n = max(5, args.echo // 5)
                 t = _time(lambda: stock.shell("echo x"), n)
-                rows.append(("stock adb-shell `shell echo`", "1 round trip", min(t), statistics.mean(t), f"mean of {n}"))
+                rows.append(("stock adb-shell `shell echo`", "1 round trip", min(t), statistics.mean(t),
+                             f"mean of {n}"))
             finally:
                 stock.close()
         finally:

@@ -185,7 +185,8 @@ class _SyncStream(_Stream):
                     self.close_from_device()
                     return
                 path = (self._read(length) or b"").decode("utf-8", "replace")
-                handler = {b"STAT": self._stat, b"LIST": self._list, b"SEND": self._send, b"RECV": self._recv}.get(ident)
+                handlers = {b"STAT": self._stat, b"LIST": self._list, b"SEND": self._send, b"RECV": self._recv}
+                handler = handlers.get(ident)
                 if handler is None:
                     self._fail(f"unknown sync command {ident!r}")
                     self.close_from_device()
