@@ -176,6 +176,38 @@ def test_errors_are_bench_errors(files, tmp_path):
         bench_models([ModelSource(files["slim"]["onnx"])], input_shape=None, **{**kw, "runs": 0})
 
 
+class InterruptAt(torch.nn.Module):
+    """A real model that raises KeyboardInterrupt inside its n-th forward, as Ctrl-C during an inference does."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.net, self.calls, self.n = create_model("tiny-cnn"), 0, n
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.net(x)
+
+
+def test_interrupt_keeps_measured_samples():
+    # 1 trial call + 2 warm-up calls, then the 25th timed run is interrupted: 24 slim samples, dense 30.
+    slim = InterruptAt(1 + 2 + 25)
+    res = bench_models([ModelSource(module=create_model("tiny-cnn"), label="dense", role="baseline",
+                                    input_shape=(1, 8, 8)),
+                        ModelSource(module=slim, label="slim", input_shape=(1, 8, 8))],
+                       runtime="torch", runs=100, warmup=2, threads=1, batch_size=1, input_shape=None,
+                       block_size=10, seed=0, progress=False)
+    assert res.interrupted and res.to_dict()["interrupted"] is True
+    assert [len(m.samples_ms) for m in res.models] == [30, 24]
+    assert res.block_order[-1] == {"model": 1, "label": "slim", "start": 20, "count": 4}
+    for i, m in enumerate(res.models):
+        assert sum(b["count"] for b in res.block_order if b["model"] == i) == len(m.samples_ms)
+        assert_stats_match(m.stats, m.samples_ms)
+    assert res.speedup["median"] == pytest.approx(np.median(res.models[0].samples_ms) /
+                                                  np.median(res.models[1].samples_ms))
+
+
 # ---------------------------------------------------------------- outputs
 
 def _fake_result(seed=0, interrupted=False):

@@ -3,7 +3,7 @@ protocol, statistics as pure functions of raw samples, and reports (table, JSON,
 
 from .protocol import BenchResult, ModelResult, bench_models, block_schedule, result_from_samples
 from .report import markdown_section, plot_latency, render_table, update_report_md, write_outputs
-from .runtimes import RUNTIMES, ModelSource, make_runner
+from .runtimes import RUNTIMES, ModelSource, export_onnx_for_bench, make_runner
 from .sources import resolve_run_folder
 from .stats import speedup, summarize_samples
 
@@ -14,6 +14,7 @@ __all__ = [
     "RUNTIMES",
     "bench_models",
     "block_schedule",
+    "export_onnx_for_bench",
     "make_runner",
     "markdown_section",
     "plot_latency",

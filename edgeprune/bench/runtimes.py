@@ -152,19 +152,28 @@ def _need_shape(source: ModelSource, shape: tuple[int, ...] | None) -> tuple[int
     return tuple(int(v) for v in shape)
 
 
+def export_onnx_for_bench(module, input_shape: tuple[int, ...], path: str | os.PathLike, batch_size: int = 1) -> Path:
+    """Write ``module`` as the ONNX file the benchmark would time for it (see :func:`_export_onnx`)."""
+    import torch
+
+    path = Path(path)
+    x = torch.from_numpy(fixed_input(tuple(input_shape), batch_size, 0))
+    with torch.no_grad():
+        _export_onnx(module.eval(), x, path)
+    return path
+
+
 def _export_onnx(module, example, path: Path) -> None:
-    """Checkpoint → temporary ONNX for ONNX Runtime: ``edgeprune.export.export_onnx`` when present, else the legacy
-    exporter (self-contained file, BN folded, no onnxscript dependency)."""
+    """Checkpoint → temporary ONNX for ONNX Runtime, made the way users ship it: ``edgeprune.export.export_onnx``
+    when that stage is installed, else the legacy exporter (self-contained file, BN folded)."""
     try:
-        from ..export import export_onnx  # type: ignore[attr-defined]
+        from ..export import export_onnx
     except ImportError:
         export_onnx = None
+    batch = int(example.shape[0])
     if export_onnx is not None:
-        try:
-            export_onnx(module, path, input_shape=tuple(example.shape[1:]), batch_size=int(example.shape[0]))
-            return
-        except TypeError:
-            log.debug("edgeprune.export.export_onnx has another signature; using torch.onnx.export")
+        export_onnx(module, path, tuple(example.shape[1:]), dynamic_batch=batch > 1)
+        return
     import torch
 
     with warnings.catch_warnings():
@@ -275,11 +284,13 @@ def make_runner(source: ModelSource, runtime: str, *, threads: int, batch_size: 
     try:
         if runtime == "onnxruntime":
             onnx_path = Path(tmpdir) / "model.onnx"
-            try:
+            try:  # a wrong input shape shows up here, before a slower export fails on it less clearly
                 with torch.no_grad():
-                    _export_onnx(module, x, onnx_path)
+                    module(x)
             except Exception as exc:
                 raise _shape_error(source, shape, batch_size, exc) from None
+            with torch.no_grad():
+                _export_onnx(module, x, onnx_path)
             return _ort_runner(source, onnx_path, fmt, threads, batch_size, shape, seed, device, tmpdir)
         if device != "cpu":
             raise BenchError("the TorchScript lite interpreter runs on --device cpu only")
