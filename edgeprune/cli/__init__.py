@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "analyze",
     "bench",
     "surgery",
+    "export",
+    "report",
 )
 
 

@@ -1,0 +1,28 @@
+"""Export for Android: ONNX (.onnx + its LZMA .7z), TorchScript lite (.ptl) and ONNX Runtime (.ort), each validated
+against the PyTorch model; stored sizes as SeReNe reports them."""
+
+from .bundle import FORMATS, export_all, parse_formats
+from .onnx_export import export_onnx
+from .ort_format import export_ort
+from .sizes import compression_ratio, lzma_7z_bytes, param_counts, write_7z
+from .torchscript import export_ptl
+from .validate import RTOL, Mismatch, compare, runner_for, tolerance, validation_inputs
+
+__all__ = [
+    "FORMATS",
+    "RTOL",
+    "Mismatch",
+    "compare",
+    "compression_ratio",
+    "export_all",
+    "export_onnx",
+    "export_ort",
+    "export_ptl",
+    "lzma_7z_bytes",
+    "param_counts",
+    "parse_formats",
+    "runner_for",
+    "tolerance",
+    "validation_inputs",
+    "write_7z",
+]
