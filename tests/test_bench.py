@@ -269,3 +269,33 @@ def test_render_table_rows():
     assert "INTERRUPTED" in out and "1.00× (baseline)" in out
     lo, hi = res.speedup["ci95"]["median"]
     assert f"{res.speedup['median']:.2f}× [{lo:.2f}, {hi:.2f}]" in out
+
+
+def test_result_from_android_record():
+    """The record shape android_bench.run_benchmark returns: device info, order of blocks, raw samples per model."""
+    from edgeprune.bench import result_from_android
+
+    rng = np.random.default_rng(7)
+    base = rng.normal(200, 6, 100).clip(1).tolist()
+    slim = rng.normal(100, 8, 90).clip(1).tolist()
+    record = {
+        "device": {"model": "EML-L09", "abilist": ["arm64-v8a"]}, "runner": "c-ort", "threads": 4, "partial": True,
+        "order": ["baseline.onnx", "model.onnx", "baseline.onnx", "model.onnx"],
+        "results": [
+            {"model": "baseline.onnx", "path": "/r/baseline.onnx", "role": "baseline", "runtime": "c-ort",
+             "runs": 100, "runs_requested": 100, "warmup": 50, "threads": 4, "samples_ms": base,
+             "blocks": [{"round": 0, "runs": 50}, {"round": 1, "runs": 50}]},
+            {"model": "model.onnx", "path": "/r/model.onnx", "role": "model", "runtime": "c-ort", "runs": 90,
+             "runs_requested": 100, "warmup": 50, "threads": 4, "samples_ms": slim,
+             "blocks": [{"round": 0, "runs": 50}, {"round": 1, "runs": 40}]},
+        ],
+    }
+    res = result_from_android(record, seed=0)
+    d = res.to_dict()
+    assert d["interrupted"] is True and d["runs"] == 100 and d["device"]["kind"] == "adb"
+    assert [(b["model"], b["start"], b["count"]) for b in d["block_order"]] == [(0, 0, 50), (1, 0, 50), (0, 50, 50),
+                                                                                (1, 50, 40)]
+    assert d["models"][1]["runs"] == 90 and d["models"][1]["median_ms"] == pytest.approx(np.median(slim))
+    assert d["speedup"]["median"] == pytest.approx(np.median(base) / np.median(slim))
+    assert d["speedup"]["min"] == pytest.approx(min(base) / min(slim))
+    assert "EML-L09" in render_table(res).title

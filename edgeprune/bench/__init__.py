@@ -1,7 +1,14 @@
 """Latency benchmarks: local runtimes (ONNX Runtime, eager PyTorch, TorchScript lite), the alternating-block
 protocol, statistics as pure functions of raw samples, and reports (table, JSON, report.md section, plot)."""
 
-from .protocol import BenchResult, ModelResult, bench_models, block_schedule, result_from_samples
+from .protocol import (
+    BenchResult,
+    ModelResult,
+    bench_models,
+    block_schedule,
+    result_from_android,
+    result_from_samples,
+)
 from .report import markdown_section, plot_latency, render_table, update_report_md, write_outputs
 from .runtimes import RUNTIMES, ModelSource, export_onnx_for_bench, make_runner
 from .sources import resolve_run_folder
@@ -20,6 +27,7 @@ __all__ = [
     "plot_latency",
     "render_table",
     "resolve_run_folder",
+    "result_from_android",
     "result_from_samples",
     "speedup",
     "summarize_samples",

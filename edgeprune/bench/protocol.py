@@ -147,6 +147,51 @@ def result_from_samples(
                        list(block_order or []), interrupted)
 
 
+def result_from_android(record: dict, *, seed: int = 0, resamples: int = 2000) -> BenchResult:
+    """Adapt the record ``android_bench.run_benchmark`` returns (``device``, ``runner``, ``threads``, ``order`` and
+    ``results`` with raw ``samples_ms`` and ``blocks``) into a :class:`BenchResult`; a ``partial`` record becomes an
+    interrupted result. Plain dicts only: edgeprune does not import android_bench."""
+    results = record.get("results") or []
+    if not results:
+        raise BenchError("the Android benchmark record holds no results; rerun android_bench")
+    names = [r.get("model") or r.get("path") or f"model{i}" for i, r in enumerate(results)]
+    if len(set(names)) < len(names):
+        names = [r.get("path") or n for r, n in zip(results, names)]
+    labels = {id(r): n for r, n in zip(results, names)}
+    baseline = next((labels[id(r)] for r in results if r.get("role") == "baseline"), None)
+    # Rebuild the execution order of blocks: record["order"] names the model of each block in turn.
+    block_order: list[dict] = []
+    next_block = [0] * len(results)
+    done = [0] * len(results)
+    for name in record.get("order", []):
+        idx = next((i for i, r in enumerate(results) if r.get("model") == name and next_block[i] < len(r["blocks"])),
+                   None)
+        if idx is None:
+            continue
+        n = int(results[idx]["blocks"][next_block[idx]].get("runs", 0))
+        block_order.append({"model": idx, "label": names[idx], "start": done[idx], "count": n})
+        next_block[idx] += 1
+        done[idx] += n
+    first = results[0]
+    device = {"kind": "adb", **dict(record.get("device") or {}), "runner": record.get("runner"),
+              "threads": record.get("threads", first.get("threads"))}
+    res = result_from_samples(
+        {labels[id(r)]: r.get("samples_ms", []) for r in results},
+        runtime=str(first.get("runtime") or record.get("runner") or "?"),
+        device=device,
+        warmup=int(first.get("warmup", 0)),
+        threads=int(record.get("threads") or first.get("threads") or 0),
+        baseline=baseline,
+        block_order=block_order,
+        seed=seed,
+        interrupted=bool(record.get("partial")),
+        paths={labels[id(r)]: r.get("path") for r in results},
+        resamples=resamples,
+    )
+    res.runs = max(int(r.get("runs_requested", len(r.get("samples_ms", [])))) for r in results)
+    return res
+
+
 def _attach_speedups(models: list[ModelResult], seed: int, resamples: int) -> None:
     base = [m for m in models if m.role == "baseline"]
     if len(base) > 1:

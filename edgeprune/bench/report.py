@@ -65,7 +65,8 @@ def render_table(result: BenchResult):
     if result.speedup is not None:
         sp = result.speedup
         lo, hi = sp["ci95"]["mean"]
-        t.caption = f"speedup by mean {sp['mean']:.2f}× [{lo:.2f}, {hi:.2f}] (dense ÷ slim, bootstrap 95% CI)"
+        t.caption = (f"speedup by mean {sp['mean']:.2f}× [{lo:.2f}, {hi:.2f}] (dense ÷ slim, bootstrap 95% CI)"
+                     + (f"; fastest runs {sp['min']:.2f}×" if sp.get("min") else ""))
     return t
 
 
@@ -80,8 +81,9 @@ def markdown_section(result: BenchResult) -> str:
     if result.speedup is not None:
         sp = result.speedup
         lo, hi = sp["ci95"]["mean"]
+        fastest = f" Fastest run vs fastest run: {sp['min']:.2f}×." if sp.get("min") else ""
         lines.append(f"Speedup by mean: {sp['mean']:.2f}× [{lo:.2f}, {hi:.2f}] (dense ÷ slim, percentile bootstrap, "
-                     f"{sp['resamples']} resamples).")
+                     f"{sp['resamples']} resamples).{fastest}")
         lines.append("")
     versions = ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items())
     lines.append(f"Protocol: {result.warmup} warm-up runs discarded, {result.runs} timed runs per model in one "
