@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--block-size", type=int, default=50)
-    ap.add_argument("--round", default="none,8", help="width variants: none and/or a multiple, e.g. none,8")
+    ap.add_argument("--round-channels", default="none,8",
+                    help="width variants: none (exact widths) and/or multiples to round up to, e.g. none,8")
     ap.add_argument("--out", default="runs/paper_latency", help="folder for the ONNX files and the JSON results")
     ap.add_argument("--from-json", help="only re-render the table of an earlier run's paper_latency.json")
     args = ap.parse_args(argv)
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     archs = args.archs.split(",")
     threads = [int(t) for t in args.threads.split(",")]
-    rounds = [None if r == "none" else int(r) for r in args.round.split(",")]
+    rounds = [None if r == "none" else int(r) for r in args.round_channels.split(",")]
     rows = []
     t_start = time.perf_counter()
     for arch in archs:
