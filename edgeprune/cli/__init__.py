@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "analyze",
     "bench",
     "surgery",
+    "compress",
     "export",
     "report",
 )

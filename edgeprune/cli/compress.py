@@ -1,0 +1,77 @@
+"""`edgeprune compress`: SeReNe (or LOBSTER / ℓ2) regularize → threshold on a trained model into a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._app import app, echo, print_table
+
+
+@app.command()
+def compress(
+    model: Path = typer.Argument(None, help="Trained checkpoint (from `edgeprune train`); optional with --resume."),
+    dataset: str = typer.Option(None, help="Dataset (default: the one recorded in the checkpoint)."),
+    method: str = typer.Option(None, help="serene-lb, serene-exact, serene-ub, serene-local, lobster or l2."),
+    lam: float = typer.Option(None, "--lambda", help="λ of the update rule (SeReNe eq. 15, LOBSTER eq. 4)."),
+    twt: float = typer.Option(None, help="Thresholding worsening tolerance: loss may grow to (1+TWT)·L̂."),
+    pwe: int = typer.Option(None, help="Plateau waiting epochs before each threshold step."),
+    lr: float = typer.Option(None, help="SGD learning rate."),
+    momentum: float = typer.Option(None, help="SGD momentum."),
+    weight_decay: float = typer.Option(None, help="ℓ2 weight decay (default 1e-4 for l2, else 0)."),
+    batch_size: int = typer.Option(None),
+    target_drop: float = typer.Option(None, help="Allowed validation-accuracy drop vs the baseline (0.005 = 0.5 pt)."),
+    max_epochs: int = typer.Option(None, help="Epoch budget."),
+    max_minutes: float = typer.Option(None, help="Wall-clock budget in minutes."),
+    seed: int = typer.Option(None),
+    device: str = typer.Option(None, help="auto (CUDA when available), cpu, cuda, cuda:N."),
+    data_dir: Path = typer.Option(None, help="Where the dataset lives."),
+    preset: str = typer.Option(None, help="Paper hyper-parameters: lenet300-mnist, lenet5-mnist, lenet5-fmnist, "
+                                          "vgg16-cifar10, resnet32-cifar10, alexnet-cifar100."),
+    config: Path = typer.Option(None, "--config", help="A CompressConfig JSON file (options given here override it)."),
+    out: Path = typer.Option(None, help="Run folder to write."),
+    resume: Path = typer.Option(None, help="Continue the interrupted run in this folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Regularize with neuron sensitivity and threshold until the validation accuracy target (SeReNe Alg. 1)."""
+    from ..errors import ConfigError
+    from ..pipeline import model_of_run, resume_config, run_compress
+    from ..regularize.config import make_config
+
+    if resume is not None:
+        if out is not None and Path(out) != Path(resume):
+            raise ConfigError("--resume RUN continues RUN in place; drop --out or give the same folder")
+        cfg = resume_config(resume, max_epochs=max_epochs, max_minutes=max_minutes, device=device)
+        summary = run_compress(str(model) if model else model_of_run(resume), resume, cfg, resume=True)
+        run_dir = resume
+    else:
+        if model is None:
+            raise ConfigError("give the model checkpoint to compress (MODEL), or --resume RUN")
+        if out is None:
+            raise ConfigError("give the run folder with --out RUN")
+        cfg = make_config(preset, config, method=method, lam=lam, twt=twt, pwe=pwe, lr=lr, momentum=momentum,
+                          weight_decay=weight_decay, batch_size=batch_size, target_drop=target_drop,
+                          max_epochs=max_epochs, max_minutes=max_minutes, seed=seed, device=device,
+                          dataset=dataset, data_dir=str(data_dir) if data_dir else None)
+        summary = run_compress(model, out, cfg)
+        run_dir = out
+    if json_out:
+        import json
+
+        echo(json.dumps(summary, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    b, p = summary["baseline"], summary["pruned"]
+    table = Table(title=f"{summary['method']} on {summary['dataset']}  ({run_dir})")
+    table.add_column("")
+    table.add_column("baseline", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_row("params (nonzero)", f"{b['params_nonzero']:,}", f"{p['params_nonzero']:,}")
+    table.add_row("neurons", "-".join(f"[{n}]" for n in b["neurons"]), "-".join(f"[{n}]" for n in p["neurons"]))
+    table.add_row("MACs", f"{b['macs']:,}", f"{p['macs']:,}")
+    table.add_row("top-1 error", f"{b['top1_error']:.2%}", f"{p['top1_error']:.2%}")
+    print_table(table)
+    echo(f"compression ratio {summary['compression_ratio']:.2f}x after {summary['epochs']} epochs, "
+         f"{len(summary['thresholds'])} threshold steps ({summary['stop_reason']}); wrote {run_dir}/masked.pt")

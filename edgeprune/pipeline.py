@@ -1,0 +1,233 @@
+"""The one place that knows the stage order of `edgeprune compress`.
+
+Each stage is a function ``stage(ctx: RunContext) -> None`` that reads what earlier stages left in the context and
+writes its files into the run folder. Stages run in the order of :data:`STAGES`; a later stage (surgery → export →
+report → bench) is one more entry in that list.
+
+Run folder::
+
+    manifest.json   versions, config, environment, stages
+    metrics.jsonl   one row per epoch and per threshold step
+    state.pt        resume state (loop state after every epoch / threshold step)
+    baseline.pt     the input model (+ meta: test top1_error evaluated here)
+    masked.pt       SeReNe's result: same architecture, pruned parameters zero (+ meta)
+    compress.json   baseline vs pruned: params, neurons per layer, MACs, top-1 error, compression ratio
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from . import _io
+from .errors import CheckpointError, ConfigError, DatasetError
+from .regularize.config import RESUMABLE_FIELDS, CompressConfig
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+METRICS = "metrics.jsonl"
+STATE = "state.pt"
+BASELINE = "baseline.pt"
+MASKED = "masked.pt"
+SUMMARY = "compress.json"
+
+
+@dataclasses.dataclass
+class RunContext:
+    run_dir: Path
+    config: CompressConfig
+    model_path: str | None
+    resume: bool = False
+    data: object | None = None
+    """A DataBundle; loaded from ``config.dataset`` when not given."""
+    on_epoch: Callable[[int], None] | None = None
+    model: nn.Module | None = None
+    meta: dict = dataclasses.field(default_factory=dict)
+    baseline: dict = dataclasses.field(default_factory=dict)
+    result: object | None = None
+    summary: dict = dataclasses.field(default_factory=dict)
+
+
+def _device(ctx: RunContext) -> torch.device:
+    from .train import resolve_device
+
+    return resolve_device(ctx.config.device)
+
+
+def stage_load(ctx: RunContext) -> None:
+    """Load the input model and the dataset it was trained on."""
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+
+    source = ctx.model_path
+    if ctx.resume and (ctx.run_dir / BASELINE).exists():
+        source = str(ctx.run_dir / BASELINE)
+    if source is None:
+        raise ConfigError("give the model checkpoint to compress (MODEL)")
+    loaded = load_checkpoint(source)
+    ctx.model, ctx.meta = loaded.model, dict(loaded.meta)
+    if ctx.data is None:
+        name = ctx.config.dataset or ctx.meta.get("dataset")
+        if not name:
+            raise ConfigError(f"{source} does not record its dataset; pass --dataset NAME")
+        if ctx.meta.get("dataset") and ctx.config.dataset and ctx.meta["dataset"] != ctx.config.dataset:
+            log.warning("model was trained on %s, compressing with %s", ctx.meta["dataset"], ctx.config.dataset)
+        ctx.data = load_dataset(name, ctx.config.data_dir, seed=ctx.config.seed, val_fraction=ctx.config.val_fraction)
+    shape = tuple(ctx.data.input_shape)
+    ctx.meta.setdefault("input_shape", list(shape))
+    out = _num_outputs(ctx.model, shape)
+    if out != ctx.data.num_classes:
+        raise DatasetError(f"the model has {out} outputs but {ctx.data.name} has {ctx.data.num_classes} classes")
+
+
+def _num_outputs(model: nn.Module, shape) -> int:
+    model.eval()
+    with torch.no_grad():
+        return int(model(torch.zeros(1, *shape)).shape[1])
+
+
+def stage_baseline(ctx: RunContext) -> None:
+    """Evaluate the input model on the test split, write baseline.pt and manifest.json."""
+    from .checkpoint import library_versions, save_checkpoint
+    from .data import Batches
+    from .summary import summarize
+    from .train import evaluate
+
+    device = _device(ctx)
+    ctx.model.to(device)
+    te = evaluate(ctx.model, Batches(ctx.data.test, 1000), device, description="baseline test")
+    summ = summarize(ctx.model, tuple(ctx.data.input_shape))
+    ctx.baseline = {**_summary_dict(summ, baseline=True), "top1_error": te["top1_error"]}
+    if not (ctx.resume and (ctx.run_dir / BASELINE).exists()):
+        meta = {**ctx.meta, "dataset": ctx.data.name, "input_shape": list(ctx.data.input_shape),
+                "num_classes": ctx.data.num_classes, "top1_error": te["top1_error"],
+                "test_accuracy": te["accuracy"], "source": ctx.model_path}
+        meta.pop("history", None)
+        save_checkpoint(ctx.run_dir / BASELINE, ctx.model.cpu(), meta=meta)
+        ctx.model.to(device)
+    manifest = {
+        "format": "edgeprune-run", "version": 1, "command": "compress",
+        "model": ctx.model_path, "dataset": ctx.data.name,
+        "config": ctx.config.to_dict(), "stages": [name for name, _ in STAGES],
+        "versions": library_versions(),
+        "environment": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
+                        "torch_threads": torch.get_num_threads(), "device": str(device),
+                        "cuda": torch.cuda.is_available()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _io.write_json(ctx.run_dir / MANIFEST, manifest)
+
+
+def stage_compress(ctx: RunContext) -> None:
+    """SeReNe Alg. 1 (regularize ⇄ threshold), then masked.pt and compress.json."""
+    from .checkpoint import save_checkpoint
+    from .data import Batches
+    from .regularize.loop import saved_row_count, serene_
+    from .summary import summarize
+    from .train import evaluate
+
+    state = ctx.run_dir / STATE
+    metrics = ctx.run_dir / METRICS
+    resume = ctx.resume and state.exists()
+    if resume:
+        _truncate_jsonl(metrics, saved_row_count(state))
+    elif metrics.exists():
+        metrics.unlink()
+    try:
+        result = serene_(ctx.model, ctx.data, ctx.config, state_path=state, resume=resume,
+                         emit=lambda row: _io.append_jsonl(metrics, row), on_epoch=ctx.on_epoch)
+    except KeyboardInterrupt:
+        log.warning("interrupted: the state after the last completed epoch is in %s; continue with "
+                    "`edgeprune compress --resume %s`", state, ctx.run_dir)
+        raise
+    ctx.result = result
+    device = _device(ctx)
+    model = result.model
+    te = evaluate(model, Batches(ctx.data.test, 1000), device, description="pruned test")
+    summ = summarize(model, tuple(ctx.data.input_shape))
+    pruned = {**_summary_dict(summ, baseline=False), "top1_error": te["top1_error"]}
+    info = {"method": ctx.config.method, "met_target": result.met_target, "stop_reason": result.stop_reason,
+            "epochs": result.epochs, "thresholds": result.thresholds, "val_accuracy": result.final_val["accuracy"],
+            "val_loss": result.final_val["loss"], "target_val_accuracy": result.target_accuracy,
+            "baseline_val_accuracy": result.baseline_val["accuracy"], "seconds": round(result.seconds, 1)}
+    meta = {**ctx.meta, "dataset": ctx.data.name, "input_shape": list(ctx.data.input_shape),
+            "num_classes": ctx.data.num_classes, "top1_error": te["top1_error"], "test_accuracy": te["accuracy"],
+            "compress": info}
+    meta.pop("history", None)
+    save_checkpoint(ctx.run_dir / MASKED, model.cpu(), meta=meta)
+    ratio = ctx.baseline["params_total"] / max(pruned["params_nonzero"], 1)
+    ctx.summary = {"dataset": ctx.data.name, "arch": getattr(model, "edgeprune_arch", None),
+                   "method": ctx.config.method, "baseline": ctx.baseline, "pruned": pruned,
+                   "compression_ratio": ratio, **info}
+    _io.write_json(ctx.run_dir / SUMMARY, ctx.summary)
+    log.info("compressed %.2fx: neurons %s → %s, top-1 error %.2f%% → %.2f%%", ratio, ctx.baseline["neurons"],
+             pruned["neurons"], 100 * ctx.baseline["top1_error"], 100 * pruned["top1_error"])
+
+
+def _summary_dict(summ, baseline: bool) -> dict:
+    return {"params_total": summ.params_total, "params_nonzero": summ.params_nonzero,
+            "neurons": summ.neurons if baseline else summ.alive_neurons,
+            "neurons_total": summ.neurons, "neurons_alive": summ.alive_neurons,
+            "layers": [r.name for r in summ.layers], "macs": summ.macs}
+
+
+def _truncate_jsonl(path: Path, rows: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    _io.write_text(path, "".join(lines[:rows]))
+
+
+# The stage order. Later stages (surgery → export → report → bench) append here.
+STAGES: list[tuple[str, Callable[[RunContext], None]]] = [
+    ("load", stage_load),
+    ("baseline", stage_baseline),
+    ("compress", stage_compress),
+]
+
+
+def run_compress(model_path: str | os.PathLike | None, out: str | os.PathLike, config: CompressConfig,
+                 resume: bool = False, data=None, on_epoch: Callable[[int], None] | None = None) -> dict:
+    """Run every stage of :data:`STAGES` into the run folder ``out``; returns the compress summary."""
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file; give a folder for the run")
+    if not resume and (run_dir / STATE).exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(run_dir, config, str(model_path) if model_path is not None else None, resume, data, on_epoch)
+    for name, stage in STAGES:
+        log.debug("stage %s", name)
+        stage(ctx)
+    return ctx.summary
+
+
+def resume_config(run_dir: str | os.PathLike, **budget) -> CompressConfig:
+    """The config a run was started with, with only the budget fields (max_epochs, max_minutes, device) changed."""
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not a compress run folder (no {MANIFEST}); check --resume")
+    import json
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    cfg = CompressConfig.from_dict(data["config"])
+    changes = {k: v for k, v in budget.items() if k in RESUMABLE_FIELDS and v is not None}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def model_of_run(run_dir: str | os.PathLike) -> str | None:
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        return None
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8")).get("model")

@@ -1,0 +1,130 @@
+"""`CompressConfig`: the hyper-parameters of one SeReNe / LOBSTER / ℓ2 run, and the papers' named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from ..errors import ConfigError
+from .update import UPDATE_METHODS
+
+CONFIG_TYPE = "edgeprune.CompressConfig"
+CONFIG_VERSION = 1
+
+# Fields that may change when a run is resumed (budgets and where it runs); everything else must match.
+RESUMABLE_FIELDS = ("max_epochs", "max_minutes", "device")
+
+
+@dataclasses.dataclass
+class CompressConfig:
+    method: str = "serene-lb"
+    lam: float = 1e-5
+    """λ of SeReNe eq. 15 / LOBSTER eq. 4 (0 for ℓ2)."""
+    twt: float = 1.0
+    """Thresholding worsening tolerance: the loss may grow to (1 + TWT)·L̂."""
+    pwe: int = 20
+    """Plateau waiting epochs."""
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float | None = None
+    """ℓ2 weight decay; default 1e-4 for method l2, 0 otherwise."""
+    batch_size: int = 100
+    target_drop: float = 0.005
+    """Stop when validation accuracy falls below the baseline's minus this (fraction, 0.005 = 0.5 points)."""
+    max_epochs: int = 1000
+    max_minutes: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    dataset: str | None = None
+    """Dataset name; default: the one recorded in the model checkpoint."""
+    data_dir: str | None = None
+    val_fraction: float = 0.1
+    class_chunk: int = 16
+    """Classes per vectorized VJP in exact sensitivity (peak memory ∝ chunk, not C)."""
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in UPDATE_METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(UPDATE_METHODS)}, got {self.method!r}")
+        if self.weight_decay is None:
+            self.weight_decay = 1e-4 if self.method == "l2" else 0.0
+        if self.method == "l2" and self.lam != 0:
+            self.lam = 0.0  # the papers' ℓ2+pruning baseline: weight decay in place of the sensitivity term
+        checks = [
+            (self.lam >= 0 and math.isfinite(self.lam), f"--lambda must be >= 0, got {self.lam}"),
+            (self.twt >= 0, f"--twt must be >= 0, got {self.twt}"),
+            (self.pwe >= 1, f"--pwe must be at least 1, got {self.pwe}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (0 <= self.target_drop < 1, f"--target-drop must be in [0, 1) (a fraction), got {self.target_drop}"),
+            (self.max_epochs >= 1, f"--max-epochs must be at least 1, got {self.max_epochs}"),
+            (self.max_minutes is None or self.max_minutes > 0, f"--max-minutes must be positive, got {self.max_minutes}"),
+            (0 < self.val_fraction < 1, f"validation fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.class_chunk >= 1, f"class chunk must be at least 1, got {self.class_chunk}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict:
+        return {"type": CONFIG_TYPE, "version": CONFIG_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CompressConfig":
+        data = dict(data)
+        kind = data.pop("type", CONFIG_TYPE)
+        version = data.pop("version", CONFIG_VERSION)
+        if kind != CONFIG_TYPE:
+            raise ConfigError(f"config type is {kind!r}, expected {CONFIG_TYPE}")
+        if version > CONFIG_VERSION:
+            raise ConfigError(f"config version {version} is newer than this edgeprune ({CONFIG_VERSION}); upgrade")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CompressConfig":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object")
+        return cls.from_dict(data)
+
+    def comparable(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_FIELDS}
+
+
+# The papers' hyper-parameters per experiment (SeReNe Sec. V; batch size and momentum are not given there unless
+# listed: plain SGD, batches of 100).
+PRESETS: dict[str, dict] = {
+    "lenet300-mnist": dict(method="serene-lb", lam=1e-5, twt=0.3, pwe=20, lr=0.1, dataset="mnist"),
+    "lenet5-mnist": dict(method="serene-lb", lam=1e-4, twt=1.45, pwe=20, lr=0.1, dataset="mnist"),
+    "lenet5-fmnist": dict(method="serene-lb", lam=1e-5, twt=1.0, pwe=20, lr=0.1, dataset="fashion-mnist"),
+    "vgg16-cifar10": dict(method="serene-lb", lam=1e-6, twt=1.5, pwe=20, lr=0.01, dataset="cifar10"),
+    "resnet32-cifar10": dict(method="serene-lb", lam=1e-5, twt=0.0, pwe=10, lr=0.001, momentum=0.9, dataset="cifar10"),
+    "alexnet-cifar100": dict(method="serene-lb", lam=1e-5, twt=1.5, pwe=20, lr=0.1, dataset="cifar100"),
+}
+
+
+def make_config(preset: str | None = None, config_file: str | Path | None = None, **overrides) -> CompressConfig:
+    """Defaults ← preset ← config file ← explicit options (``None`` means "not given")."""
+    values: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset], preset=preset)
+    if config_file is not None:
+        loaded = CompressConfig.load(config_file)
+        values.update({k: v for k, v in dataclasses.asdict(loaded).items()})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return CompressConfig(**values)

@@ -1,0 +1,280 @@
+"""The SeReNe procedure (SeReNe Alg. 1–2; LOBSTER Sec. 4): regularize until the validation loss plateaus, threshold,
+repeat while validation accuracy meets the target.
+
+Regularization (Alg. 2) trains on U with the chosen update rule and keeps the best network by validation loss; after
+PWE epochs without improvement the best network is checked against the target accuracy (Alg. 1 line 6), kept as the
+latest good result, and thresholded (largest global T with loss ≤ (1 + TWT)·L̂; pruned parameters are pinned). The
+loop ends when the accuracy falls below the target or the budget (epochs, minutes) is spent; it returns the last
+network that met the target.
+
+The whole loop state (model, optimizer, masks, best network, counters, RNG) is written atomically after every epoch
+and every threshold step, so a killed run resumes to the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import _io
+from .._progress import make_progress
+from ..errors import CheckpointError, ConfigError
+from ..threshold import count_alive, find_threshold, masks_from_zeros, pin_
+from .config import CompressConfig
+from .neurons import find_neurons, neuron_alive
+from .update import Regularizer
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "edgeprune-serene-state"
+
+
+@dataclasses.dataclass
+class SereneResult:
+    model: nn.Module
+    """The last network that met the target (pruned parameters exactly zero)."""
+    masks: dict[str, torch.Tensor]
+    met_target: bool
+    stop_reason: str
+    epochs: int
+    thresholds: list[float]
+    baseline_val: dict
+    final_val: dict
+    target_accuracy: float
+    seconds: float
+
+
+def regularize_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, reg: Regularizer,
+                     device: torch.device | str = "cpu", description: str = "regularize") -> dict:
+    """One epoch of SGD on cross-entropy with the regularizer's update after each step (SeReNe eq. 15 / 23).
+
+    Not :func:`edgeprune.train.train_epoch`: exact and LB differentiate the logits once more after the loss backward,
+    which needs the autograd graph kept alive (``retain_graph``); train_epoch's hooks only see it after it is freed.
+    """
+    model.train()
+    total_loss, correct, n = 0.0, 0, 0
+    reg.set_capture(True)
+    with make_progress() as progress:
+        task = progress.add_task(description, total=len(batches), info="")
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward(retain_graph=reg.needs_graph)
+            reg.after_backward(x, out)
+            optimizer.step()
+            reg.after_step(optimizer)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError("training loss is not finite; lower the learning rate (--lr) or --lambda")
+            total_loss += value * y.numel()
+            correct += int((out.detach().argmax(1) == y).sum())
+            n += y.numel()
+            progress.update(task, advance=1, info=f"loss {total_loss / n:.4f} acc {correct / n:.2%}")
+    reg.set_capture(False)
+    return {"loss": total_loss / max(n, 1), "accuracy": correct / max(n, 1)}
+
+
+def _state_dict_cpu(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def neurons_alive(model: nn.Module, ng=None) -> dict[str, int]:
+    ng = ng or find_neurons(model)
+    return {nl.name: int(neuron_alive(nl).sum()) for nl in ng.layers}
+
+
+def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Path | None = None,
+            resume: bool = False, emit: Callable[[dict], None] | None = None,
+            on_epoch: Callable[[int], None] | None = None) -> SereneResult:
+    """Run SeReNe Alg. 1 on ``model`` (modified in place) with ``data`` (an :class:`edgeprune.data.DataBundle`).
+
+    ``emit(row)`` receives one metrics row per epoch and per threshold step. ``on_epoch(epoch)`` runs after each
+    saved epoch (tests inject interruptions there). With ``resume`` and an existing ``state_path`` the loop
+    continues from the saved state.
+    """
+    from ..data import Batches
+    from ..train import evaluate, resolve_device, seed_everything
+
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    model.to(device)
+    ng = find_neurons(model)
+    train_b = Batches(data.train, config.batch_size, shuffle=True, seed=config.seed, augment=data.augment)
+    val_b = Batches(data.val, 1000)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    emit = emit or (lambda row: None)
+
+    def val_eval() -> dict:
+        return evaluate(model, val_b, device)
+
+    state_path = Path(state_path) if state_path is not None else None
+    st: dict
+    if resume and state_path is not None and state_path.exists():
+        st = _load_state(state_path, device, config)
+        model.load_state_dict(st.pop("model"))
+        optimizer.load_state_dict(st.pop("optimizer"))
+        torch.set_rng_state(st.pop("rng"))
+        log.info("resuming at epoch %d (cycle %d, %d threshold steps so far)", st["epoch"], st["cycle"],
+                 len(st["thresholds"]))
+    else:
+        masks = masks_from_zeros(model)
+        base_val = val_eval()
+        st = {
+            "epoch": 0, "cycle": 0, "since_best": 0, "pending_plateau": False, "elapsed": 0.0, "rows": 0,
+            "masks": masks, "thresholds": [], "baseline_val": base_val,
+            "target": base_val["accuracy"] - config.target_drop,
+            "best": {"state": _state_dict_cpu(model), "val": base_val},
+            "last_good": None, "done": None, "initial": _state_dict_cpu(model),
+        }
+        log.info("baseline validation: loss %.4f, accuracy %.2f%%; target accuracy %.2f%%", base_val["loss"],
+                 100 * base_val["accuracy"], 100 * st["target"])
+    masks = {k: v.to(device) for k, v in st["masks"].items()}
+    st["masks"] = masks
+    t_start = time.time() - st["elapsed"]
+
+    def save() -> None:
+        st["elapsed"] = time.time() - t_start
+        if state_path is not None:
+            _save_state(state_path, st, model, optimizer, config)
+
+    def row(kind: str, **values) -> None:
+        nz = count_alive(masks)
+        r = {"kind": kind, "epoch": st["epoch"], "cycle": st["cycle"], **values,
+             "params_total": sum(m.numel() for m in masks.values()), "params_alive": nz,
+             "params_nonzero": int(sum(int(p.detach().ne(0).sum()) for p in model.parameters())),
+             "neurons_alive": neurons_alive(model, ng), "seconds": round(time.time() - t_start, 2)}
+        emit(r)
+        st["rows"] += 1
+
+    def budget_left() -> str | None:
+        if st["epoch"] >= config.max_epochs:
+            return "max_epochs"
+        if config.max_minutes is not None and time.time() - t_start >= 60 * config.max_minutes:
+            return "max_minutes"
+        return None
+
+    reg_ctx = Regularizer(model, config.method, config.lam, masks, ng, config.class_chunk)
+    with reg_ctx as reg:
+        while st["done"] is None:
+            if st["pending_plateau"]:
+                _plateau(st, model, optimizer, masks, val_eval, config, row)
+                save()
+                continue
+            reason = budget_left()
+            if reason is not None:
+                st["done"] = reason
+                break
+            train_b.set_epoch(st["epoch"])
+            tr = regularize_epoch(model, train_b, optimizer, reg, device,
+                                  description=f"epoch {st['epoch'] + 1} (cycle {st['cycle'] + 1})")
+            va = val_eval()
+            st["epoch"] += 1
+            if va["loss"] < st["best"]["val"]["loss"]:
+                st["best"] = {"state": _state_dict_cpu(model), "val": va}
+                st["since_best"] = 0
+            else:
+                st["since_best"] += 1
+            st["pending_plateau"] = st["since_best"] >= config.pwe
+            row("epoch", train_loss=tr["loss"], train_accuracy=tr["accuracy"], val_loss=va["loss"],
+                val_accuracy=va["accuracy"], best_val_loss=st["best"]["val"]["loss"], since_best=st["since_best"])
+            save()
+            if on_epoch is not None:
+                on_epoch(st["epoch"])
+    return _finish(st, model, masks, val_eval, config, time.time() - t_start)
+
+
+def _plateau(st, model, optimizer, masks, val_eval, config, row) -> None:
+    """Alg. 1 lines 6–9 at a regularization plateau: check the target, keep, threshold, pin."""
+    st["pending_plateau"] = False
+    model.load_state_dict(st["best"]["state"])
+    va = st["best"]["val"]
+    if va["accuracy"] < st["target"]:
+        log.info("validation accuracy %.2f%% fell below the target %.2f%%: stopping", 100 * va["accuracy"],
+                 100 * st["target"])
+        st["done"] = "target"
+        return
+    st["last_good"] = {"state": st["best"]["state"], "val": va, "masks": {k: v.cpu().clone() for k, v in masks.items()}}
+    bound = (1.0 + config.twt) * va["loss"]
+    t, new_masks, loss_t, evals = find_threshold(model, masks, lambda m: val_eval()["loss"], bound)
+    for k in masks:
+        masks[k].copy_(new_masks[k])
+    pin_(model, masks, optimizer)
+    after = val_eval()
+    st["cycle"] += 1
+    st["thresholds"].append(t)
+    st["best"] = {"state": _state_dict_cpu(model), "val": after}
+    st["since_best"] = 0
+    row("threshold", threshold=t, bound=bound, val_loss=after["loss"], val_accuracy=after["accuracy"],
+        evaluations=evals)
+    log.info("threshold %d: T=%.4g  val loss %.4f (bound %.4f)  acc %.2f%%  params alive %d  neurons alive %s",
+             st["cycle"], t, after["loss"], bound, 100 * after["accuracy"], count_alive(masks),
+             list(neurons_alive(model).values()))
+
+
+def _finish(st, model, masks, val_eval, config, seconds) -> SereneResult:
+    """The last network that met the target: at a budget stop the current best when it still meets the target
+    (it is the most pruned), else the one kept at the last plateau; the input model when none did."""
+    best = st["best"]
+    if st["done"] != "target" and best["val"]["accuracy"] >= st["target"]:
+        chosen = {"state": best["state"], "val": best["val"], "masks": masks}
+    elif st["last_good"] is not None:
+        chosen = st["last_good"]
+    else:
+        chosen = None
+    if chosen is None:
+        log.warning("no pruned network met the target accuracy; returning the input network")
+        model.load_state_dict(st["initial"])
+        met, final_masks = False, {k: v.clone() for k, v in masks.items()}
+    else:
+        model.load_state_dict(chosen["state"])
+        met, final_masks = True, {k: v.clone() for k, v in chosen["masks"].items()}
+    model.eval()
+    return SereneResult(model, final_masks, met, st["done"], st["epoch"], list(st["thresholds"]),
+                        st["baseline_val"], val_eval(), st["target"], seconds)
+
+
+def _save_state(path: Path, st: dict, model, optimizer, config: CompressConfig) -> None:
+    payload = {"format": STATE_FORMAT, "config": config.comparable(), "model": _state_dict_cpu(model),
+               "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+               **{k: v for k, v in st.items() if k != "masks"},
+               "masks": {k: v.cpu() for k, v in st["masks"].items()}}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    _io.write_bytes(path, buf.getvalue())
+
+
+def _load_state(path: Path, device, config: CompressConfig) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable resume state ({str(exc).splitlines()[0][:120]})") from None
+    if payload.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a SeReNe resume state")
+    if payload["config"] != config.comparable():
+        diff = sorted(k for k in payload["config"] if payload["config"][k] != config.comparable().get(k))
+        raise ConfigError(f"the run was started with other options ({', '.join(diff)}); rerun with the same options "
+                          "or use a new --out folder")
+    st = {k: v for k, v in payload.items() if k not in ("format", "config", "model", "optimizer", "rng")}
+    st["model"], st["optimizer"], st["rng"] = payload["model"], payload["optimizer"], payload["rng"]
+    return st
+
+
+def saved_row_count(state_path: str | Path) -> int:
+    """Metrics rows emitted up to the saved state (rows after it are replayed by a resumed run)."""
+    payload = torch.load(state_path, map_location="cpu", weights_only=True)
+    return int(payload.get("rows", 0))
+
+
+__all__ = ["SereneResult", "neurons_alive", "regularize_epoch", "saved_row_count", "serene_"]
