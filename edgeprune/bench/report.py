@@ -38,8 +38,9 @@ def _speedup_text(m: ModelResult) -> str:
 def _title(result: BenchResult) -> str:
     d = result.device
     threads = f"{result.threads} thread" + ("" if result.threads == 1 else "s")
-    where = d.get("cpu_model") or d.get("model") or d.get("kind", "?")
-    text = f"Inference latency on {where} ({d.get('kind', 'cpu')}), {result.runtime}, {threads}, batch {result.batch_size}"
+    where = d.get("model") or d.get("cpu_model") or d.get("kind", "?")  # a phone's model name, else the CPU's
+    text = (f"Inference latency on {where} ({d.get('kind', 'cpu')}), {result.runtime}, {threads}, "
+            f"batch {result.batch_size}")
     if result.interrupted:
         text += " — INTERRUPTED, partial samples"
     return text
