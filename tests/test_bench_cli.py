@@ -119,3 +119,28 @@ def test_ctrl_c_keeps_measured_samples(run_dir, tmp_path):
         assert m["mean_ms"] == pytest.approx(np.mean(m["samples_ms"]))
     assert sum(b["count"] for b in d["block_order"]) == m["runs"]
     assert "INTERRUPTED" in stdout
+
+
+def test_run_folder_resolution(tmp_path):
+    from edgeprune.bench import resolve_run_folder
+    from edgeprune.errors import BenchError
+
+    for name in ("model.pt", "baseline.pt", "model.ptl"):
+        (tmp_path / name).write_bytes(b"x")
+    slim, dense = resolve_run_folder(tmp_path, "onnxruntime")  # no ONNX files: the checkpoints
+    assert (slim.path.name, slim.role, dense.path.name, dense.role) == ("model.pt", "model", "baseline.pt", "baseline")
+    slim, dense = resolve_run_folder(tmp_path, "ptl")  # the lite file where there is one, else the checkpoint
+    assert (slim.path.name, dense.path.name) == ("model.ptl", "baseline.pt")
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    assert resolve_run_folder(tmp_path, "onnxruntime")[0].path.name == "model.onnx"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BenchError, match="holds no model"):
+        resolve_run_folder(empty, "torch")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown when no GPU is present")
+def test_cuda_without_gpu_is_one_line(run_dir, capsys):
+    err = _error_line(capsys, ["bench", str(run_dir / "model.pt"), "--device", "cuda", "--runtime", "torch", *FAST])
+    assert "no CUDA device" in err
+    assert "--runtime torch" in _error_line(capsys, ["bench", str(run_dir / "model.onnx"), "--device", "cuda"])
