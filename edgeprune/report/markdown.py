@@ -1,0 +1,123 @@
+"""report.md: the paper's table (SeReNe Table II–IV layout) and the per-layer details, as Markdown."""
+
+from __future__ import annotations
+
+MAX_LAYER_COLUMNS = 8
+"""Above this many layers the per-layer % moves from the main table to its own table (e.g. ResNet-32)."""
+
+
+def _pct(v: float) -> str:
+    if v >= 99.995:
+        return "100"
+    return f"{v:.2f}"
+
+
+def _kb(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1000:,.0f}" if n >= 10_000 else f"{n / 1000:,.1f}"
+
+
+def neurons_string(neurons: list[int]) -> str:
+    """SeReNe's notation for remaining neurons per layer: ``[20]-[49]-[449]-[10]``."""
+    return "-".join(f"[{n}]" for n in neurons)
+
+
+def _err(v) -> str:
+    return "–" if v is None else f"{100 * float(v):.2f}"
+
+
+def _ratio(v: float) -> str:
+    return f"{v:.2f}x" if v != float("inf") else "∞"
+
+
+def render_markdown_table(report: dict) -> str:
+    """The paper's table: remaining parameters % per layer, compression ratio, remaining neurons,
+    .onnx → .7z sizes in kB and top-1 error %, one row for the baseline and one for the pruned network."""
+    layers = report.get("layers", [])
+    inline = len(layers) <= MAX_LAYER_COLUMNS
+    head = ["Approach"] + ([f"{row['label']} (%)" for row in layers] if inline else ["Remaining params (%)"])
+    head += ["Compr. ratio", "Remaining neurons", ".onnx → .7z [kB]", "Top-1 error (%)"]
+    base, pruned = report["baseline"], report["pruned"]
+    total_pct = 100.0 * pruned["params_nonzero"] / base["params_total"] if base["params_total"] else 0.0
+    rows = [
+        ["Baseline"] + (["100"] * len(layers) if inline else ["100"])
+        + ["1x", neurons_string(base["neurons"]),
+           f"{_kb(base.get('onnx_bytes'))} → {_kb(base.get('onnx_7z_bytes'))}", _err(base.get("top1_error"))],
+        [_method_label(report.get("method"))] + ([_pct(row["remaining_pct"]) for row in layers] if inline
+                                                 else [_pct(total_pct)])
+        + [_ratio(report["compression_ratio"]), neurons_string(pruned["neurons"]),
+           f"{_kb(pruned.get('onnx_bytes'))} → {_kb(pruned.get('onnx_7z_bytes'))}", _err(pruned.get("top1_error"))],
+    ]
+    return _table(head, rows, align=["l"] + ["r"] * (len(head) - 1))
+
+
+def _method_label(method) -> str:
+    m = str(method or "pruned")
+    names = {"lb": "SeReNe (LB)", "ub": "SeReNe (UB)", "exact": "SeReNe (exact)", "local": "SeReNe (local)",
+             "serene": "SeReNe", "lobster": "LOBSTER", "l2": "ℓ2 + pruning"}
+    return names.get(m.lower(), m)
+
+
+def _table(head: list[str], rows: list[list[str]], align: list[str]) -> str:
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_layers_table(report: dict) -> str:
+    head = ["Layer", "Name", "Type", "Neurons", "Params", "Remaining", "Remaining (%)"]
+    rows = [[r["label"], f"`{r['name']}`", r["kind"], f"{r['neurons_before']} → {r['neurons_after']}",
+             f"{r['params']:,}", f"{r['remaining']:,}", _pct(r["remaining_pct"])] for r in report.get("layers", [])]
+    return _table(head, rows, align=["l", "l", "l", "r", "r", "r", "r"])
+
+
+def _sizes_table(report: dict) -> str:
+    head = ["Model", "Params", "Nonzero", "MACs", ".onnx [kB]", ".7z [kB]", ".ptl [kB]", ".ort [kB]", "max \\|Δ\\|"]
+    rows = []
+    for key, title in (("baseline", "Baseline"), ("pruned", "Pruned" + (" (slim)" if report["pruned"].get("slim")
+                                                                       else " (masked)"))):
+        m = report[key]
+        diffs = m.get("max_abs_diff") or {}
+        diff = ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) or "–"
+        rows.append([title, f"{m['params_total']:,}", f"{m['params_nonzero']:,}",
+                     f"{m['macs']:,}" if m.get("macs") is not None else "–", _kb(m.get("onnx_bytes")),
+                     _kb(m.get("onnx_7z_bytes")), _kb(m.get("ptl_bytes")), _kb(m.get("ort_bytes")), diff])
+    return _table(head, rows, align=["l"] + ["r"] * 8)
+
+
+def render_markdown(report: dict, plots: list[str] | None = None) -> str:
+    """The whole report.md (without any bench sections, which ``edgeprune bench`` maintains)."""
+    shape = "×".join(str(s) for s in report.get("input_shape", []))
+    lines = [
+        f"# {report.get('arch') or 'model'} on {report.get('dataset') or '?'} — {_method_label(report.get('method'))}",
+        "",
+        f"Input {shape}. Compression ratio = baseline parameters ÷ remaining (nonzero) parameters "
+        f"(SeReNe's definition): **{_ratio(report['compression_ratio'])}**.",
+        "",
+        render_markdown_table(report),
+        "",
+        "## Per layer",
+        "",
+        render_layers_table(report),
+        "",
+        "## Artifacts",
+        "",
+        _sizes_table(report),
+        "",
+        ".7z: LZMA2 archive of the .onnx file. max |Δ|: largest difference between an artifact's output and its "
+        "PyTorch model's on random inputs (tolerance 1e-4 · max(1, max|y|)).",
+    ]
+    if report["pruned"].get("masked_onnx_bytes"):
+        p = report["pruned"]
+        lines += ["", f"The masked network (same shape as the baseline, pruned parameters zero) stores as "
+                      f"{_kb(p['masked_onnx_bytes'])} → {_kb(p['masked_onnx_7z_bytes'])} kB."]
+    mism = report["baseline"].get("mismatches", []) + report["pruned"].get("mismatches", [])
+    if mism:
+        lines += ["", "**Artifact mismatches:** " + "; ".join(mism)]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{_stem(p)}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _stem(p: str) -> str:
+    return p.rsplit("/", 1)[-1].rsplit(".", 1)[0]
