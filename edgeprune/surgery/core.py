@@ -20,7 +20,7 @@ from ..errors import ConfigError, SurgeryError
 
 log = logging.getLogger(__name__)
 
-PROBE_BATCH = 4
+PROBE_BATCH = 2
 
 
 @dataclasses.dataclass
@@ -132,7 +132,7 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
              t0: float) -> SurgeryResult:
     from .._progress import make_progress
     from ..summary import summarize
-    from .detect import CONSUMERS, probe_inputs, producer_order
+    from .detect import CONSUMERS, probe_inputs
     from .fold import apply_folds
     from .plan import check_grouped, plan_group, round_plan
     from .replay import SPEC_VERSION, build_graph, merge_specs, pruning_group, step_name
@@ -146,12 +146,11 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
     check = _random_batches(shape, param.device, param.dtype, 4321, probe_batch)
 
     names = {m: n for n, m in work.named_modules()}
-    order = producer_order(work, probe[0][:1])
+    consumers = {n: m for n, m in work.named_modules() if isinstance(m, CONSUMERS)}
+    stats, order = probe_inputs(work, consumers, probe)
     if not order:
         raise SurgeryError("the model has no conv or linear layer; nothing to cut")
     output_layer = order[-1]
-    consumers = {n: m for n, m in work.named_modules() if isinstance(m, CONSUMERS)}
-    stats = probe_inputs(work, consumers, probe)
     dg = build_graph(work, shape)
     t_graph = time.perf_counter()
 

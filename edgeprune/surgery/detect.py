@@ -63,27 +63,35 @@ def _channel_dim(module: nn.Module, x: torch.Tensor) -> int:
     return x.dim() - 1 if isinstance(module, nn.Linear) else 1
 
 
-def probe_inputs(model: nn.Module, consumers: dict[str, nn.Module], batches: list[torch.Tensor]) -> dict[str, ChannelStats]:
+def probe_inputs(model: nn.Module, consumers: dict[str, nn.Module],
+                 batches: list[torch.Tensor]) -> tuple[dict[str, ChannelStats], list[str]]:
     """Run the batches through the model, recording per-channel min / max / mean of each consumer's input.
 
-    ``calls`` counts the consumer's invocations per forward pass: a module applied twice cannot take a fold.
+    Also returns the consumers' execution order (the last one is the output layer). ``calls`` counts a consumer's
+    invocations per forward pass: a module applied twice cannot take a fold.
     """
     stats: dict[str, ChannelStats] = {}
     calls: dict[str, int] = {}
+    order: list[str] = []
 
     def hook(name):
         def pre(module, args):
-            x = args[0].detach().double()
+            x = args[0].detach()
             d = _channel_dim(module, x)
-            flat = x.movedim(d, 0).reshape(x.shape[d], -1)
-            lo, hi, tot = flat.amin(1), flat.amax(1), flat.sum(1)
+            dims = [i for i in range(x.dim()) if i != d]
+            # min / max are exact in the input precision; the sum (for the fold value) accumulates in float64.
+            lo, hi = x.amin(dims).double(), x.amax(dims).double()
+            tot = x.sum(dims, dtype=torch.float64)
+            n = x.numel() // x.shape[d]
             calls[name] = calls.get(name, 0) + 1
+            if len(calls) > len(order):
+                order.append(name)
             s = stats.get(name)
             if s is None or s.lo.shape != lo.shape:
-                stats[name] = ChannelStats(lo, hi, tot, flat.shape[1])
+                stats[name] = ChannelStats(lo, hi, tot, n)
             else:
                 s.lo, s.hi, s.total = torch.minimum(s.lo, lo), torch.maximum(s.hi, hi), s.total + tot
-                s.count += flat.shape[1]
+                s.count += n
 
         return pre
 
@@ -97,18 +105,10 @@ def probe_inputs(model: nn.Module, consumers: dict[str, nn.Module], batches: lis
             h.remove()
     for name, s in stats.items():
         s.calls = -(-calls[name] // max(len(batches), 1))
-    return stats
+    return stats, order
 
 
 def producer_order(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """Names of conv / linear modules in the order they run (the last one is the output layer)."""
-    order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, a, o, n=n: order.append(n))
-               for n, m in model.named_modules() if isinstance(m, CONSUMERS)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
+    """Names of conv / linear modules in the order they first run (the last one is the output layer)."""
+    consumers = {n: m for n, m in model.named_modules() if isinstance(m, CONSUMERS)}
+    return probe_inputs(model, consumers, [x])[1]
