@@ -89,6 +89,16 @@ def test_reinit_changes_values_but_keeps_the_mask():
         assert not torch.equal(va[m], vb[m])  # seeds give different inits
 
 
+def test_reinit_differs_from_the_init_of_a_baseline_trained_with_the_same_seed():
+    # `edgeprune train --seed 0` draws its initial weights right after torch.manual_seed(0)
+    torch.manual_seed(0)
+    model = create_model("tiny-mlp")
+    init = copy.deepcopy(model.state_dict())
+    masks = magnitude_masks(model, 0.5)
+    net, _ = prepare_model(model, model.edgeprune_arch, masks, "reinit", seed=0)
+    assert not torch.equal(net.state_dict()["1.weight"][masks["1.weight"]], init["1.weight"][masks["1.weight"]])
+
+
 def test_random_structure_keeps_per_layer_counts():
     model, _ = _trained_and_init()
     masks = magnitude_masks(model, 0.75)

@@ -98,12 +98,18 @@ def resolve_match(path: str | os.PathLike) -> Path:
     return p
 
 
+REINIT_SEED_OFFSET = 1_000_003
+"""Fresh initializations use seed + this offset: `edgeprune train --seed S` draws its initial weights right after
+``torch.manual_seed(S)``, so re-initializing with the plain seed would reproduce the baseline's own init."""
+
+
 def fresh_model(arch: dict, seed: int) -> nn.Module:
-    """The architecture at a new random initialization, seeded without disturbing the global RNG."""
+    """The architecture at a new random initialization (RNG seeded with ``seed + REINIT_SEED_OFFSET``), without
+    disturbing the global RNG."""
     from ..checkpoint import build_model
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + REINIT_SEED_OFFSET)
         return build_model(arch)
 
 

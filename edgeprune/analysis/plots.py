@@ -57,7 +57,7 @@ def entropy_histograms(models: Sequence[tuple[str, list]], path: str | os.PathLi
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle(f"PSP-entropy, order {order}")
+    fig.suptitle(f"PSP-entropy, order {order}", y=1.03)
     return _save(fig, path)
 
 
