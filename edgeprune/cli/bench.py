@@ -10,6 +10,7 @@ import typer
 from ._app import app, echo
 
 LOCAL_DEVICES = ("cpu", "cuda")
+DEVICES = LOCAL_DEVICES + ("adb",)
 
 
 @dataclasses.dataclass
@@ -20,27 +21,44 @@ class BenchConfig:
     runtime: str = "onnxruntime"
     runs: int = 1000
     warmup: int = 50
-    threads: int = 1
+    threads: int | None = None
+    """None: 1 thread locally; on a phone one thread per pinned big core."""
     batch_size: int = 1
     input_shape: tuple[int, ...] | None = None
     block_size: int = 50
     seed: int = 0
     json_path: str | None = None
     plot_path: str | None = None
+    serial: str | None = None
+    runner: str = "ort-c"
+    cores: str | None = None
+    cooldown_seconds: float = 60.0
+    keep: bool = False
+    auth_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         from ..bench import RUNTIMES
         from ..errors import ConfigError
 
-        if self.device == "adb":
-            raise ConfigError("--device adb is not wired into this build yet; benchmark on the phone with "
-                              "android_bench, or use --device cpu")
-        if self.device not in LOCAL_DEVICES:
-            raise ConfigError(f"unknown --device {self.device!r}; choose cpu (or cuda with --runtime torch)")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown --device {self.device!r}; choose cpu, adb (a phone), or cuda with --runtime torch")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"unknown --runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        if self.device != "adb" and (self.serial or self.cores or self.keep):
+            raise ConfigError("--serial, --cores and --keep apply to --device adb only")
+        if self.threads is None and self.device != "adb":
+            self.threads = 1
+        if self.cooldown_seconds < 0:
+            raise ConfigError(f"--cooldown-seconds must be 0 or more, got {self.cooldown_seconds}")
+        if self.cores is not None:
+            try:
+                if int(self.cores, 16) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"--cores must be a hexadecimal CPU mask like f0 (cores 4-7), got {self.cores!r}") \
+                    from None
         for name in ("runs", "threads", "batch_size", "block_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ConfigError(f"--warmup must be 0 or more, got {self.warmup}")
@@ -91,27 +109,37 @@ def _print_wide(table) -> None:
 def bench(
     model: str = typer.Argument(..., help="Model file (.onnx, .ort, .ptl, checkpoint .pt) or a run folder."),
     baseline: str = typer.Option(None, help="Dense model to compare with (speedup = baseline ÷ model)."),
-    device: str = typer.Option("cpu", help="cpu (or cuda with --runtime torch); adb comes with android_bench."),
+    device: str = typer.Option("cpu", help="cpu, adb (a phone over ADB), or cuda with --runtime torch."),
     runtime: str = typer.Option("onnxruntime", help="onnxruntime | torch (eager) | ptl (TorchScript lite)."),
     runs: int = typer.Option(1000, help="Timed inferences per model (SeReNe Table X: 1,000)."),
     warmup: int = typer.Option(50, help="Discarded warm-up inferences per model."),
-    threads: int = typer.Option(1, help="Intra-op threads (ORT intra_op_num_threads / torch.set_num_threads)."),
+    threads: int = typer.Option(None, help="Intra-op threads (default: 1 locally, one per big core on a phone)."),
     batch_size: int = typer.Option(1, help="Samples per inference."),
     input_shape: str = typer.Option(None, help="One sample's shape, e.g. 3,32,32 (default: from the model)."),
     block_size: int = typer.Option(50, help="Runs per block; dense and slim alternate block by block."),
     seed: int = typer.Option(0, help="Seed of the fixed input and of the bootstrap."),
     json_out: str = typer.Option(None, "--json", help="Write the bench JSON here."),
     plot: str = typer.Option(None, help="Write a latency-distribution plot (PNG) here."),
+    serial: str = typer.Option(None, help="adb: the phone, HOST:PORT over Wi-Fi or a USB serial (default: the only one)."),
+    runner: str = typer.Option("ort-c", help="adb: ort-c (bundled ONNX Runtime runner), python-ort, perf_test:PATH, "
+                                            "torch_speed_benchmark:PATH, executorch:PATH."),
+    cores: str = typer.Option(None, help="adb: hex CPU mask to pin to (default: the big cores)."),
+    cooldown_seconds: float = typer.Option(60.0, help="adb: longest wait for temperatures to return to idle."),
+    keep: bool = typer.Option(False, help="adb: leave the pushed runner and models on the phone."),
+    auth_timeout: float = typer.Option(30.0, help="adb: seconds to wait for 'Allow USB debugging' on the phone."),
 ) -> None:
     """Time N inferences of a model (and its baseline, alternating) and report mean ± std, median, tails, speedup."""
     from ..bench import bench_models, render_table, write_outputs
 
     cfg = BenchConfig(model, baseline, device, runtime, runs, warmup, threads, batch_size, parse_shape(input_shape),
-                      block_size, seed, json_out, plot)
+                      block_size, seed, json_out, plot, serial, runner, cores, cooldown_seconds, keep, auth_timeout)
     sources, run_dir = _sources(cfg)
-    result = bench_models(sources, runtime=cfg.runtime, runs=cfg.runs, warmup=cfg.warmup, threads=cfg.threads,
-                          batch_size=cfg.batch_size, input_shape=cfg.input_shape, block_size=cfg.block_size,
-                          seed=cfg.seed, device=cfg.device)
+    if cfg.device == "adb":
+        result = _bench_adb(cfg, sources, run_dir)
+    else:
+        result = bench_models(sources, runtime=cfg.runtime, runs=cfg.runs, warmup=cfg.warmup, threads=cfg.threads,
+                              batch_size=cfg.batch_size, input_shape=cfg.input_shape, block_size=cfg.block_size,
+                              seed=cfg.seed, device=cfg.device)
     written = write_outputs(result, cfg.json_path, cfg.plot_path)
     if run_dir is not None:
         out = run_dir / "bench" / cfg.device
@@ -124,3 +152,86 @@ def bench(
     if result.interrupted:
         echo("interrupted: statistics cover the runs measured before Ctrl-C")
         raise SystemExit(130)
+
+
+def _phone_file(src, tmp: Path, batch_size: int) -> Path:
+    """The file a phone runner loads for one source: .onnx / .ort / .ptl as given, a checkpoint exported to ONNX."""
+    from ..bench.runtimes import export_onnx_for_bench
+    from ..checkpoint import load_checkpoint
+    from ..errors import BenchError
+
+    p = Path(src.path)
+    if not p.is_file():
+        raise BenchError(f"{p}: no such file")
+    if p.suffix in (".onnx", ".ort", ".ptl", ".pte"):
+        return p
+    if p.suffix == ".pt":
+        loaded = load_checkpoint(p)
+        shape = src.input_shape or loaded.meta.get("input_shape")
+        if not shape:
+            raise BenchError(f"{p} does not record its input shape; pass --input-shape C,H,W")
+        return export_onnx_for_bench(loaded.model, tuple(shape), tmp / f"{src.role}-{p.stem}.onnx", batch_size)
+    raise BenchError(f"{p}: unsupported model format {p.suffix or '(none)'}; give .onnx, .ort, .ptl or a checkpoint .pt")
+
+
+def _bench_adb(cfg: BenchConfig, sources, run_dir: Path | None):
+    """Run the sources on a phone through android_bench and adapt its raw record into a BenchResult."""
+    import tempfile
+
+    from .._progress import progress_enabled
+    from ..bench import result_from_android
+    from ..errors import BenchError
+
+    try:
+        import android_bench
+        from android_bench.errors import AndroidBenchError
+    except ImportError as exc:  # pragma: no cover - shipped with edgeprune
+        raise BenchError(f"android_bench is not importable ({exc}); reinstall edgeprune") from None
+    if run_dir is not None:
+        partial = run_dir / "bench" / "adb" / "raw.json"
+    elif cfg.json_path:
+        partial = Path(cfg.json_path).with_suffix(".raw.json")
+    else:
+        partial = Path("bench-adb.raw.json")
+    with tempfile.TemporaryDirectory(prefix="edgeprune-adb-") as tmp:
+        files = {s.role: _phone_file(s, Path(tmp), cfg.batch_size) for s in sources}
+        shape = (cfg.batch_size, *cfg.input_shape) if cfg.input_shape else None
+        try:
+            record = android_bench.run_benchmark(
+                [files["model"]], cfg.serial, runner=cfg.runner, runs=cfg.runs, warmup=cfg.warmup,
+                threads=cfg.threads, cores=cfg.cores, cooldown_seconds=cfg.cooldown_seconds, keep=cfg.keep,
+                partial_path=partial, progress=progress_enabled(), baseline=files.get("baseline"), input_shape=shape,
+                auth_timeout_s=cfg.auth_timeout,
+            )
+        except AndroidBenchError as exc:
+            raise BenchError(str(exc)) from None
+    return result_from_android(record, seed=cfg.seed)
+
+
+@app.command()
+def devices(
+    serial: str = typer.Argument(None, help="Describe this device (HOST:PORT or USB serial) instead of listing."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List the phones adb can see, or describe one (model, Android version, ABI, cores, frequencies, thermals)."""
+    import json
+
+    from ..errors import BenchError
+
+    try:
+        import android_bench
+        from android_bench.errors import AndroidBenchError
+    except ImportError as exc:  # pragma: no cover
+        raise BenchError(f"android_bench is not importable ({exc}); reinstall edgeprune") from None
+    try:
+        data = android_bench.describe_device(serial) if serial else android_bench.list_devices()
+    except AndroidBenchError as exc:
+        raise BenchError(str(exc)) from None
+    if as_json or serial:
+        echo(json.dumps(data, indent=2, default=str))
+        return
+    if not data:
+        echo("no devices: connect a phone with USB debugging enabled, or `adb connect PHONE_IP:5555`")
+        return
+    for d in data:
+        echo("  ".join(f"{k}={v}" for k, v in d.items()))
