@@ -299,3 +299,23 @@ def test_real_probe_batch_is_used_for_verification():
     res = surgery(m, (1, 8, 8), probe_batch=torch.rand(6, 1, 8, 8))
     assert res.removed["4"] == [2]
     assert res.report["verification"]["relative_diff"] <= 1e-5
+
+
+def test_depthwise_conv_fed_zero_needs_no_zero_kernel():
+    """MobileNetV2: expand row and BN zeroed so ReLU6 emits 0; the depthwise kernel stays nonzero. The depthwise
+    conv then outputs 0 there, its BN a constant, which folds into the 1x1 projection's (new) bias."""
+    m = create_model("torchvision:mobilenet_v2").eval()
+    randomize_bn(m)
+    block = m.features[2].conv
+    with torch.no_grad():
+        block[0][0].weight[5] = 0
+        block[0][1].weight[5] = 0.3
+        block[0][1].bias[5] = -4.0  # relu6(0.3 * (0 - μ) / σ - 4) = 0
+        block[1][1].weight[5] = 0.1
+        block[1][1].bias[5] = 2.0  # the depthwise BN turns the 0 into a positive constant
+        assert block[1][0].weight[5].abs().sum() > 0
+    res = surgery(m, (3, 32, 32))
+    assert res.removed["features.2.conv.0.0"] == [5]
+    assert res.removed["features.2.conv.1.0"] == [5]
+    assert "features.2.conv.2" in res.report["bias_added"]
+    assert res.report["verification"]["relative_diff"] <= 1e-5

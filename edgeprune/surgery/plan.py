@@ -2,7 +2,8 @@
 
 A group couples every tensor slice a channel touches (residual adds, concatenations, BN, depthwise convs,
 flatten → Linear). Removing root channel r is exact only when
-  * every conv / linear producer in the group has an all-zero weight row for r (the channel is provably constant),
+  * every conv / linear producer in the group has an all-zero weight row for r (the channel is provably constant;
+    a depthwise conv may instead receive a provable zero on r),
   * every consumer sees a constant on it in the probe, and
   * the constant is zero, or every consumer can absorb it into its bias (Linear; conv without padding).
 Anything else keeps the channel, with the reason recorded.
@@ -96,7 +97,15 @@ def plan_group(group, names: dict[nn.Module, str], stats: dict[str, ChannelStats
 
     dead = set(items[0].root_idxs)
     for it in producers:
-        for zero, r in zip(weight_rows_zero(it.dep.target.module, list(it.idxs)), it.root_idxs):
+        mod = it.dep.target.module
+        zeros = weight_rows_zero(mod, list(it.idxs))
+        s = stats.get(names[mod])
+        if it.dep.target.type == tp.ops.OPTYPE.DEPTHWISE_CONV and s is not None:
+            # A depthwise conv fed zero on a channel (its producers upstream in this group are zero, the probe shows
+            # the constant is 0; zero padding keeps it 0) outputs just its bias there, whatever its kernel.
+            silent = s.constant() & s.zero()
+            zeros = [z or bool(silent[i]) for z, i in zip(zeros, it.idxs)]
+        for zero, r in zip(zeros, it.root_idxs):
             if not zero:
                 dead.discard(r)
     if not dead:
