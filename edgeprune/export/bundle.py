@@ -93,18 +93,27 @@ def export_all(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.export-", dir=out_dir))
+    steps = _steps(formats)
     try:
-        built, info = _build(net, example, tmp, stem, formats, opset=opset, dynamic_batch=dynamic_batch, slim=slim,
-                             optimize=optimize)
-        diffs, mismatches = compare(net, {f: built[f] for f in formats}, inputs)
-        raise_mismatches(mismatches)
-        if sevenzip and "onnx" in formats:
-            built["7z"] = tmp / f"{stem}.7z"
-            write_7z(built["onnx"], built["7z"], arcname=f"{stem}.onnx")
+        with make_progress() as progress:
+            task = progress.add_task(f"export {stem}", total=len(steps) + 1 + int(sevenzip and "onnx" in formats),
+                                     info="")
+            built, info = _build(net, example, tmp, stem, steps, progress, task, opset=opset,
+                                 dynamic_batch=dynamic_batch, slim=slim, optimize=optimize)
+            progress.update(task, info="validate")
+            diffs, mismatches = compare(net, {f: built[f] for f in formats}, inputs)
+            raise_mismatches(mismatches)
+            progress.advance(task)
+            if sevenzip and "onnx" in formats:
+                progress.update(task, info="7z (LZMA)")
+                built["7z"] = tmp / f"{stem}.7z"
+                write_7z(built["onnx"], built["7z"], arcname=f"{stem}.onnx")
+                progress.advance(task)
         final = {}
-        for key, src in built.items():
-            if key not in formats and key != "7z":
+        for key in ("onnx", "7z", "ptl", "ort"):
+            if key not in built or (key not in formats and key != "7z"):
                 continue
+            src = built[key]
             dst = out_dir / src.name
             os.replace(src, dst)
             final[key] = dst
@@ -139,27 +148,29 @@ def export_all(
     return result
 
 
-def _build(net, example, tmp: Path, stem: str, formats, *, opset, dynamic_batch, slim, optimize):
-    built: dict[str, Path] = {}
-    info: dict[str, dict] = {}
+def _steps(formats) -> list[str]:
     steps = [f for f in FORMATS if f in formats]
     if "ort" in steps and "onnx" not in steps:
         steps.insert(0, "onnx")  # .ort is converted from the .onnx (kept only when asked for)
+    return steps
+
+
+def _build(net, example, tmp: Path, stem: str, steps, progress, task, *, opset, dynamic_batch, slim, optimize):
+    built: dict[str, Path] = {}
+    info: dict[str, dict] = {}
     metadata = {"edgeprune_arch": getattr(net, "edgeprune_arch", None) or {}, "input_shape": list(example.shape[1:])}
-    with make_progress() as progress:
-        task = progress.add_task(f"export {stem}", total=len(steps), info="")
-        for fmt in steps:
-            progress.update(task, info=fmt)
-            path = tmp / f"{stem}.{fmt}"
-            if fmt == "onnx":
-                info["onnx"] = build_onnx(net, example, path, opset=opset, dynamic_batch=dynamic_batch, slim=slim,
-                                          metadata=metadata)
-            elif fmt == "ptl":
-                info["ptl"] = build_ptl(net, example, path, optimize=optimize)
-            else:
-                info["ort"] = build_ort(built["onnx"], path)
-            built[fmt] = path
-            progress.advance(task)
+    for fmt in steps:
+        progress.update(task, info=fmt)
+        path = tmp / f"{stem}.{fmt}"
+        if fmt == "onnx":
+            info["onnx"] = build_onnx(net, example, path, opset=opset, dynamic_batch=dynamic_batch, slim=slim,
+                                      metadata=metadata)
+        elif fmt == "ptl":
+            info["ptl"] = build_ptl(net, example, path, optimize=optimize)
+        else:
+            info["ort"] = build_ort(built["onnx"], path)
+        built[fmt] = path
+        progress.advance(task)
     return built, info
 
 

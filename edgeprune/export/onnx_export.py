@@ -12,6 +12,9 @@ import contextlib
 import io
 import json
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -51,6 +54,32 @@ def quiet_export():
             log.warning("tracing: %s", str(w.message).splitlines()[0])
 
 
+@contextlib.contextmanager
+def captured_native_output():
+    """Capture what native code writes to file descriptors 1 and 2 (the legacy exporter dumps whole graphs there on
+    failure) and log it at debug level instead."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [(fd, os.dup(fd)) for fd in (1, 2)]
+    except (OSError, ValueError, AttributeError):  # no real descriptors (embedded interpreter): nothing to capture
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        try:
+            for fd, _ in saved:
+                os.dup2(sink.fileno(), fd)
+            yield
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace").strip()
+            if text:
+                log.debug("exporter output:\n%s", text[:20000])
+
+
 def build_onnx(
     model: nn.Module, example: torch.Tensor, path: Path, *, opset: int = 18, dynamic_batch: bool = False,
     slim: bool = True, metadata: dict | None = None,
@@ -67,7 +96,7 @@ def build_onnx(
     names = output_names(n_out)
     dynamic_axes = {n: {0: "batch"} for n in ["input", *names]} if dynamic_batch else None
     try:
-        with quiet_export():
+        with quiet_export(), captured_native_output():
             torch.onnx.export(
                 model, (example,), str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
                 training=torch.onnx.TrainingMode.EVAL, input_names=["input"], output_names=names,
