@@ -53,8 +53,9 @@ def _tiny_run(run: Path, name: str = "tiny-cnn") -> tuple[nn.Module, nn.Module]:
         for p in masked.parameters():
             p.mul_((torch.rand_like(p) > 0.6).float())
     save_checkpoint(run / "masked.pt", masked, meta={"top1_error": 0.25, "input_shape": shape})
-    (run / "manifest.json").write_text(json.dumps({"method": "ub", "dataset": "synthetic", "arch": name,
-                                                   "config": {}}))
+    # Like the compress pipeline's manifest: the method lives in the config.
+    (run / "manifest.json").write_text(json.dumps({"format": "edgeprune-run", "dataset": "synthetic",
+                                                   "config": {"method": "serene-ub", "twt": 0.3}}))
     return base, masked
 
 
@@ -137,6 +138,7 @@ def test_report_uses_exported_artifacts_and_validates_them(tmp_path):
     export_all(base, tmp_path, "baseline", (1, 8, 8), formats=("onnx",))
     export_all(masked, tmp_path, "model", (1, 8, 8))
     report = write_report(tmp_path, plots=False)
+    assert (report["method"], report["arch"], report["dataset"]) == ("serene-ub", "tiny-cnn", "synthetic")
     pruned = report["pruned"]
     for fmt in ("onnx", "ptl", "ort"):
         assert pruned[f"{fmt}_bytes"] == (tmp_path / f"model.{fmt}").stat().st_size

@@ -54,7 +54,8 @@ def _method_label(method) -> str:
     m = str(method or "pruned")
     names = {"lb": "SeReNe (LB)", "ub": "SeReNe (UB)", "exact": "SeReNe (exact)", "local": "SeReNe (local)",
              "serene": "SeReNe", "lobster": "LOBSTER", "l2": "ℓ2 + pruning"}
-    return names.get(m.lower(), m)
+    key = m.lower()
+    return names.get(key.removeprefix("serene-"), names.get(key, m))
 
 
 def _table(head: list[str], rows: list[list[str]], align: list[str]) -> str:
