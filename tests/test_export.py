@@ -344,3 +344,29 @@ def test_real_fashion_mnist_samples_join_validation(tmp_path):
     assert real.shape == (8, 1, 28, 28)
     result = export_all(create_model("lenet5"), tmp_path, "m", (1, 28, 28), formats=("onnx",), real_batch=real)
     assert "real" in result["validated_on"]
+
+
+def test_cli_exports_masked_and_slim_checkpoints(tmp_path, capsys):
+    surgery_mod = pytest.importorskip("edgeprune.surgery")
+    from edgeprune.checkpoint import save_checkpoint
+    from edgeprune.cli import main
+    from edgeprune.surgery.synthetic import kill_random_channels
+
+    masked = create_model("tiny-resnet").eval()
+    _randomize_bn(masked)
+    kill_random_channels(masked, (1, 8, 8), fraction=0.5, seed=4)
+    save_checkpoint(tmp_path / "masked.pt", masked, meta={"input_shape": [1, 8, 8]})
+    surgery_mod.surgery_checkpoint(tmp_path / "masked.pt", tmp_path / "model.pt")
+    for stem in ("masked", "model"):
+        assert main(["export", str(tmp_path / f"{stem}.pt"), "--out", str(tmp_path / "out"), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert set(result["artifacts"]) == {"onnx", "7z", "ptl", "ort"}
+        assert all(v <= 1e-4 for v in result["max_abs_diff"].values())
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        want = masked(x)
+    # The slim model's files compute what the masked model computes, with fewer parameters.
+    for stem in ("masked", "model"):
+        _assert_close(_ort_run(tmp_path / "out" / f"{stem}.ort", x), want)
+        _assert_close(_lite_run(tmp_path / "out" / f"{stem}.ptl", x), want)
+    assert (tmp_path / "out" / "model.onnx").stat().st_size < (tmp_path / "out" / "masked.onnx").stat().st_size
