@@ -12,6 +12,15 @@ from edgeprune.regularize import find_neurons, sensitivity
 
 TINY = ["tiny-mlp", "tiny-cnn", "tiny-resnet"]
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster than several on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def _model(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)

@@ -126,6 +126,8 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
         model.load_state_dict(st.pop("model"))
         optimizer.load_state_dict(st.pop("optimizer"))
         torch.set_rng_state(st.pop("rng"))
+        if st["done"] in ("max_epochs", "max_minutes"):
+            st["done"] = None  # a larger budget continues a run that stopped on its budget
         log.info("resuming at epoch %d (cycle %d, %d threshold steps so far)", st["epoch"], st["cycle"],
                  len(st["thresholds"]))
     else:
@@ -189,6 +191,9 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
             st["pending_plateau"] = st["since_best"] >= config.pwe
             row("epoch", train_loss=tr["loss"], train_accuracy=tr["accuracy"], val_loss=va["loss"],
                 val_accuracy=va["accuracy"], best_val_loss=st["best"]["val"]["loss"], since_best=st["since_best"])
+            log.info("epoch %d (cycle %d): train loss %.4f  val loss %.4f acc %.2f%%  best %.4f  no gain %d/%d  "
+                     "params alive %d", st["epoch"], st["cycle"] + 1, tr["loss"], va["loss"], 100 * va["accuracy"],
+                     st["best"]["val"]["loss"], st["since_best"], config.pwe, count_alive(masks))
             save()
             if on_epoch is not None:
                 on_epoch(st["epoch"])

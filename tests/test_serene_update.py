@@ -1,0 +1,106 @@
+"""SeReNe eq. 15 / 23, LOBSTER eq. 4 and pinning through SGD with momentum."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgeprune.models import create_model
+from edgeprune.regularize import find_neurons
+from edgeprune.regularize.update import Regularizer, insensitivity, lobster_update_, serene_update_
+from edgeprune.threshold import full_masks, magnitude_masks, pin_
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster than several on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+def test_insensitivity_is_eq14():
+    s = torch.tensor([0.0, 0.25, 1.0, 3.0])
+    torch.testing.assert_close(insensitivity(s), torch.tensor([1.0, 0.75, 0.0, 0.0]))
+
+
+def test_serene_update_shrinks_insensitive_neurons_and_spares_sensitive_ones():
+    torch.manual_seed(0)
+    model = create_model("tiny-cnn")
+    ng = find_neurons(model)
+    conv = ng.layers[0]  # conv + BN: weight, bias, γ, β all belong to the neurons
+    before = {n: p.detach().clone() for n, p in conv.parameters()}
+    s = torch.tensor([0.0, 0.5, 1.0, 2.0])
+    serene_update_([conv], {conv.name: s}, lam=0.1)
+    expected_factor = torch.tensor([1 - 0.1, 1 - 0.05, 1.0, 1.0])
+    assert {n for n, _ in conv.parameters()} == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    for n, p in conv.parameters():
+        f = expected_factor.view(-1, *([1] * (p.dim() - 1)))
+        torch.testing.assert_close(p.detach(), before[n] * f)
+    # Sensitive neurons (S >= 1) untouched bit for bit.
+    for n, p in conv.parameters():
+        assert torch.equal(p.detach()[2:], before[n][2:])
+
+
+def test_lobster_update_is_per_parameter():
+    p = nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    m = nn.Module()
+    m.p = p
+    lobster_update_(m, {"p": torch.tensor([1.0, 0.0, 0.5])}, lam=0.1)
+    torch.testing.assert_close(p.detach(), torch.tensor([0.9, -2.0, 2.85]))
+
+
+@pytest.mark.parametrize("method", ["serene-lb", "serene-exact", "serene-ub", "serene-local", "lobster", "l2"])
+def test_pinned_parameters_stay_zero_through_sgd_momentum(method):
+    torch.manual_seed(0)
+    model = create_model("tiny-cnn")
+    masks = magnitude_masks(model, full_masks(model), 0.1)
+    # Kill one whole neuron too (its BN channel included).
+    for name in ("0.weight", "0.bias", "1.weight", "1.bias"):
+        masks[name][1] = False
+    pin_(model, masks)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3 if method == "l2" else 0)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    with Regularizer(model, method, 0.0 if method == "l2" else 0.01, masks) as reg:
+        for _ in range(4):
+            opt.zero_grad()
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            loss.backward(retain_graph=reg.needs_graph)
+            reg.after_backward(x, out)
+            opt.step()
+            reg.after_step(opt)
+    for n, p in model.named_parameters():
+        assert torch.all(p.detach()[~masks[n]] == 0), n
+        buf = opt.state[p].get("momentum_buffer")
+        assert buf is None or torch.all(buf[~masks[n]] == 0), n
+    # Something alive did move (the test is not vacuous).
+    assert any(bool(masks[n].any()) for n in masks)
+
+
+def test_regularizer_reduces_loss_free_parameters_only_by_penalty():
+    """With a zero loss gradient (lr=0) SeReNe moves parameters exactly by −λ·θ·S̄ with S from the LB."""
+    torch.manual_seed(0)
+    model = create_model("tiny-mlp")
+    masks = full_masks(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    from edgeprune.regularize import sensitivity
+
+    model.train()
+    s = sensitivity(model, x, "lb")
+    with Regularizer(model, "serene-lb", 0.5, masks) as reg:
+        opt.zero_grad()
+        out = model(x)
+        F.cross_entropy(out, y).backward(retain_graph=True)
+        reg.after_backward(x, out)
+        opt.step()
+        reg.after_step(opt)
+    for layer in ("1", "3", "5"):
+        f = 1 - 0.5 * insensitivity(s[layer])
+        torch.testing.assert_close(dict(model.named_parameters())[f"{layer}.weight"].detach(),
+                                   before[f"{layer}.weight"] * f[:, None])
