@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "bench",
     "surgery",
     "compress",
+    "analyze_sensitivity",
     "export",
     "report",
 )
