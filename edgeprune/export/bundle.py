@@ -98,10 +98,14 @@ def export_all(
         with make_progress() as progress:
             task = progress.add_task(f"export {stem}", total=len(steps) + 1 + int(sevenzip and "onnx" in formats),
                                      info="")
-            built, info = _build(net, example, tmp, stem, steps, progress, task, opset=opset,
-                                 dynamic_batch=dynamic_batch, slim=slim, optimize=optimize)
+            built, info, failures = _build(net, example, tmp, stem, steps, progress, task, opset=opset,
+                                           dynamic_batch=dynamic_batch, slim=slim, optimize=optimize)
             progress.update(task, info="validate")
-            diffs, mismatches = compare(net, {f: built[f] for f in formats}, inputs)
+            diffs, mismatches = compare(net, {f: built[f] for f in formats if f in built}, inputs)
+            if failures:
+                found = f"; also {len(mismatches)} mismatch(es): " + "; ".join(
+                    m.describe() for m in mismatches[:4]) if mismatches else ""
+                raise ExportError("; ".join(failures) + found)
             raise_mismatches(mismatches)
             progress.advance(task)
             if sevenzip and "onnx" in formats:
@@ -158,20 +162,29 @@ def _steps(formats) -> list[str]:
 def _build(net, example, tmp: Path, stem: str, steps, progress, task, *, opset, dynamic_batch, slim, optimize):
     built: dict[str, Path] = {}
     info: dict[str, dict] = {}
+    failures: list[str] = []
     metadata = {"edgeprune_arch": getattr(net, "edgeprune_arch", None) or {}, "input_shape": list(example.shape[1:])}
     for fmt in steps:
         progress.update(task, info=fmt)
         path = tmp / f"{stem}.{fmt}"
-        if fmt == "onnx":
-            info["onnx"] = build_onnx(net, example, path, opset=opset, dynamic_batch=dynamic_batch, slim=slim,
-                                      metadata=metadata)
-        elif fmt == "ptl":
-            info["ptl"] = build_ptl(net, example, path, optimize=optimize)
-        else:
-            info["ort"] = build_ort(built["onnx"], path)
-        built[fmt] = path
-        progress.advance(task)
-    return built, info
+        # Keep going after a failed format so the one error names every format that cannot be exported.
+        try:
+            if fmt == "onnx":
+                info["onnx"] = build_onnx(net, example, path, opset=opset, dynamic_batch=dynamic_batch, slim=slim,
+                                          metadata=metadata)
+            elif fmt == "ptl":
+                info["ptl"] = build_ptl(net, example, path, optimize=optimize)
+            elif "onnx" in built:
+                info["ort"] = build_ort(built["onnx"], path)
+            else:
+                failures.append("ORT format skipped: it is converted from the ONNX file")
+                continue
+            built[fmt] = path
+        except ExportError as exc:
+            failures.append(str(exc))
+        finally:
+            progress.advance(task)
+    return built, info, failures
 
 
 def _macs(net: nn.Module, input_shape) -> int | None:

@@ -112,8 +112,7 @@ def build_onnx(
     if metadata:
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
-            entry.key, entry.value = str(key), value if isinstance(value, str) else json.dumps(value)
-    proto.producer_name = "edgeprune"
+            entry.key, entry.value = str(key), value if isinstance(value, str) else json.dumps(value, default=str)
     _save_self_contained(proto, path)
     _check(path)
     ops = [n.op_type for n in proto.graph.node]
