@@ -114,7 +114,7 @@ def export(
 
     t = Table(title=f"{model} → {config.out}  (validated on {', '.join(result['validated_on'])})")
     for col in ("artifact", "bytes", "max |Δ|", "notes"):
-        t.add_column(col, justify="left" if col in ("artifact", "notes") else "right")
+        t.add_column(col, justify="left" if col in ("artifact", "notes") else "right", no_wrap=col != "notes")
     for key, a in result["artifacts"].items():
         notes = {"onnx": f"opset {a.get('opset')}, slim {a.get('slim')}", "7z": "LZMA of the .onnx",
                  "ptl": f"optimize_for_mobile {a.get('optimize_for_mobile')}", "ort": "ORT format, arm"}.get(key, "")
