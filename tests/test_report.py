@@ -217,3 +217,20 @@ def test_cli_report(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+def test_deep_networks_get_one_total_column_and_the_per_layer_table():
+    from edgeprune.report import render_layers_table
+
+    layers = [{"label": f"Conv{i + 1}", "name": f"layer{i}", "kind": "Conv2d", "neurons_before": 16,
+               "neurons_after": 8, "params": 1000, "remaining": 250, "remaining_pct": 25.0} for i in range(33)]
+    report = {"method": "serene-lb", "compression_ratio": 4.0, "layers": layers,
+              "baseline": {"params_total": 33000, "neurons": [16] * 33, "onnx_bytes": 140000, "onnx_7z_bytes": 120000,
+                           "top1_error": 0.07},
+              "pruned": {"params_nonzero": 8250, "neurons": [8] * 33, "onnx_bytes": 140000, "onnx_7z_bytes": 40000,
+                         "top1_error": 0.075}}
+    table = render_markdown_table(report).splitlines()
+    assert "Remaining params (%)" in table[0] and "Conv1 (%)" not in table[0]
+    assert [c.strip() for c in table[3].split("|")[1:-1]][:3] == ["SeReNe (LB)", "25.00", "4.00x"]
+    per_layer = render_layers_table(report).splitlines()
+    assert len(per_layer) == 2 + 33 and "| Conv33 | `layer32` | Conv2d | 16 → 8 | 1,000 | 250 | 25.00 |" in per_layer
