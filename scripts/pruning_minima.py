@@ -186,9 +186,13 @@ def main() -> int:
     external = []
     for run in gradual_runs:
         ld = load_checkpoint(run / "masked.pt" if run.is_dir() else run)
+        sp = sparsity_of(masks_from_zeros(ld.model))
+        if sp < 0.01:  # e.g. a run whose first threshold broke the accuracy target and kept the dense model
+            stamp(f"{run}: only {sp:.2%} pruned; left out of the comparison")
+            continue
         te = evaluate(ld.model, Batches(data.test, 512), device)
-        external.append({"sparsity": sparsity_of(masks_from_zeros(ld.model)), "top1_error": te["top1_error"],
-                        "path": str(run)})
+        external.append({"sparsity": sp, "top1_error": te["top1_error"], "path": str(run)})
+        stamp(f"gradual run {run}: {sp:.2%} pruned, error {te['top1_error']:.2%}")
     results["gradual_runs"] = external
     results["gradual_magnitude"] = gradual_magnitude(base, data, train_split, sparsities, args.gradual_epochs,
                                                      out / "gradual", device)

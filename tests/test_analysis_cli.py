@@ -90,6 +90,17 @@ def test_oneshot_match_random_structure(setup, capsys):
     ref_model = load_checkpoint(ref / "finetune-seed0.pt").model
     for (name, p), q in zip(got.model.named_parameters(), ref_model.parameters()):
         assert int(got.extra["masks"][name].sum()) == int(q.ne(0).sum())  # same count per layer
+    # --match-mask: the matched model's own structure, rewound to the initial values
+    out2 = setup["root"] / "mm"
+    code, stdout, err = _run(capsys, ["oneshot", setup["base"], "--mode", "rewind", "--match",
+                                      str(ref / "finetune-seed0.pt"), "--match-mask", "--epochs", "0", "--data-dir", setup["data"], "--device", "cpu",
+                                      "--out", str(out2), "--json"])
+    assert code == 0, err
+    rewound = load_checkpoint(json.loads(stdout)["runs"][0]["path"]).model
+    init = torch.load(setup["base"], weights_only=True)["init_state_dict"]
+    for (name, p), q in zip(rewound.named_parameters(), ref_model.parameters()):
+        keep = q.ne(0)
+        assert torch.equal(p.detach().ne(0), keep) and torch.equal(p.detach()[keep], init[name][keep])
 
 
 @pytest.mark.parametrize("args,needle", [
