@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 ZOO = ["lenet300", "lenet5", "vgg16-cifar", "vgg16-cifar-fc2", "resnet32-cifar", "alexnet-cifar", "unet-small"]
+EXTRA = ["torchvision:mobilenet_v2"]  # odd widths vs widths rounded to 8 (DESIGN.md: 1.07x vs 2.0x)
 
 
 def export(model, shape, path: Path) -> Path:
@@ -109,7 +110,8 @@ def bench_surgery_time(name: str, shape, fraction: float, seed: int) -> dict:
 def markdown(rows: list[dict], timing: list[dict], args) -> str:
     lines = [
         f"Random {args.fraction:.0%} of each channel group dead; ONNX Runtime {_ort_version()}, "
-        f"{args.threads} thread(s), batch 1, median of {args.runs} interleaved runs.",
+        f"{args.threads} thread(s), batch 1, median of {args.runs} interleaved runs; torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads; load average {args.load[0]:.1f} → {args.load[1]:.1f} (2 shared cores).",
         "",
         "| model | params dense → slim | MACs dense → slim | ms dense | ms slim | speedup | ms slim (×8) | speedup (×8) "
         "| surgery s |",
@@ -138,7 +140,7 @@ def _ort_version() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="*", default=ZOO)
+    ap.add_argument("--models", nargs="*", default=ZOO + EXTRA)
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
@@ -149,11 +151,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="Write the raw figures as JSON.")
     args = ap.parse_args()
 
+    import os
+
     from edgeprune._progress import track
 
+    load0 = os.getloadavg()[0]
     rows = [bench_model(m, args.fraction, args.runs, args.warmup, args.threads, args.seed)
             for m in track(args.models, "bench surgery")]
     timing = [bench_surgery_time(args.timing_model, (3, args.timing_size, args.timing_size), args.fraction, args.seed)]
+    args.load = (load0, os.getloadavg()[0])
     text = markdown(rows, timing, args)
     print(text)
     if args.out:
