@@ -82,7 +82,8 @@ def bench_model(name: str, fraction: float, runs: int, warmup: int, threads: int
     r = slim.report
     return {
         "model": name, "input_shape": list(shape), "dead_fraction": fraction,
-        "params_dense": r["params_before"], "params_slim": r["params_after"], "params_slim8": slim8.report["params_after"],
+        "params_dense": r["params_before"], "params_slim": r["params_after"],
+        "params_slim8": slim8.report["params_after"],
         "macs_dense": r["macs_before"], "macs_slim": r["macs_after"], "macs_slim8": slim8.report["macs_after"],
         "ms_dense": ms["dense"], "ms_slim": ms["slim"], "ms_slim8": ms["slim8"],
         "speedup": ms["dense"] / ms["slim"], "speedup8": ms["dense"] / ms["slim8"],
@@ -113,13 +114,15 @@ def markdown(rows: list[dict], timing: list[dict], args) -> str:
         f"{args.threads} thread(s), batch 1, median of {args.runs} interleaved runs; torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads; load average {args.load[0]:.1f} → {args.load[1]:.1f} (2 shared cores).",
         "",
-        "| model | params dense → slim | MACs dense → slim | ms dense | ms slim | speedup | ms slim (×8) | speedup (×8) "
+        "| model | params dense → slim | MACs dense → slim | ms dense | ms slim | speedup | ms slim (×8) "
+        "| speedup (×8) "
         "| surgery s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['params_dense']:,} → {r['params_slim']:,} ({r['params_dense'] / r['params_slim']:.2f}×) "
+            f"| {r['model']} | {r['params_dense']:,} → {r['params_slim']:,} "
+            f"({r['params_dense'] / r['params_slim']:.2f}×) "
             f"| {r['macs_dense']:,} → {r['macs_slim']:,} ({r['macs_dense'] / r['macs_slim']:.2f}×) "
             f"| {r['ms_dense']:.3f} | {r['ms_slim']:.3f} | {r['speedup']:.2f}× | {r['ms_slim8']:.3f} "
             f"| {r['speedup8']:.2f}× | {r['surgery_seconds']:.1f} |")

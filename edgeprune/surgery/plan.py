@@ -17,7 +17,7 @@ import math
 import torch.nn as nn
 
 from ..errors import SurgeryError
-from .detect import CONSUMERS, CONVS, ChannelStats, weight_rows_zero
+from .detect import CONVS, ChannelStats, weight_rows_zero
 
 
 @dataclasses.dataclass
