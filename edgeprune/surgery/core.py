@@ -213,6 +213,7 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
         "neurons_before": before.neurons,
         "neurons_after": after.neurons,
         "channels_removed": sum(len(p.remove) for p in plans),
+        "constant_channels_folded": sum(1 for p in plans for r in p.remove if r in p.folds),
         "folded": {c: len(v) for c, v in folds.items()},
         "bias_added": bias_added,
         "kept": [{"layer": p.root, "channel": r, "reason": why} for p in plans for r, why in sorted(p.kept.items())],
