@@ -126,8 +126,6 @@ def find_neurons(model: nn.Module) -> NeuronGraph:
             raise ModelError(f"layer {node.target} is called more than once (shared weights); SeReNe needs one call per layer")
         seen.add(node.target)
         layer = modules[node.target]
-        if isinstance(layer, nn.Conv2d) and layer.groups not in (1,):
-            log.debug("%s is a grouped conv; its filters are still neurons", node.target)
         psp, bn, bn_name = node, None, None
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_module" and isinstance(modules.get(users[0].target), BATCHNORMS):

@@ -362,24 +362,19 @@ def _freeze_bn_stats(model: nn.Module):
     saved = []
     for m in model.modules():
         if isinstance(m, BATCHNORMS) and m.training and m.track_running_stats:
-            saved.append((m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None,
+            saved.append((m, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None,
                           m.running_mean.clone(), m.running_var.clone()))
     return saved
 
 
 def _restore_bn_stats(saved) -> None:
     with torch.no_grad():
-        for m, _, nbt, rm, rv in saved:
+        for m, nbt, rm, rv in saved:
             m.running_mean.copy_(rm)
             m.running_var.copy_(rv)
             if nbt is not None:
                 m.num_batches_tracked.copy_(nbt)
 
 
-def reduce_batch(values: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Average per-sample sensitivities over the batch (the documented aggregation)."""
-    return [v.mean(0) for v in values]
-
-
 __all__ = ["METHODS", "PspCapture", "activation_derivative", "local_from_capture", "per_sample_from_deltas",
-           "reduce_batch", "sensitivity", "upper_bound_per_sample"]
+           "sensitivity", "upper_bound_per_sample"]
