@@ -98,3 +98,15 @@ def test_cli(tmp_path, capsys):
     assert "round_channels" in capsys.readouterr().err
     assert main(["surgery", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "y.pt")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_cli_with_a_real_batch(tmp_path, capsys):
+    shape = (1, 28, 28)
+    m = masked_model("lenet5", shape)
+    src = save_checkpoint(tmp_path / "masked.pt", m, meta={"input_shape": list(shape)})
+    args = ["surgery", str(src), "--out", str(tmp_path / "slim.pt"), "--dataset", "fashion-mnist", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["real_samples"] == 64
+    assert report["verification"]["relative_diff"] <= 1e-5

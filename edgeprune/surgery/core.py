@@ -204,6 +204,7 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
     report = {
         "input_shape": list(shape),
         "round_channels": round_channels,
+        "real_samples": int(len(probe[2])) if len(probe) > 2 else 0,
         "output_layer": output_layer,
         "layers": _layer_table(before, after),
         "params_before": before.params_total,
