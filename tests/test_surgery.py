@@ -319,3 +319,9 @@ def test_depthwise_conv_fed_zero_needs_no_zero_kernel():
     assert res.removed["features.2.conv.1.0"] == [5]
     assert "features.2.conv.2" in res.report["bias_added"]
     assert res.report["verification"]["relative_diff"] <= 1e-5
+
+
+def test_untraceable_model_is_one_clear_error():
+    m = create_model("tiny-mlp")
+    with pytest.raises(SurgeryError, match=r"does not run on input of shape \(1, 5, 5\)"):
+        surgery(m, (1, 5, 5))  # 25 features into a Linear that takes 16

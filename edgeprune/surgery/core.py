@@ -147,7 +147,11 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
 
     names = {m: n for n, m in work.named_modules()}
     consumers = {n: m for n, m in work.named_modules() if isinstance(m, CONSUMERS)}
-    stats, order = probe_inputs(work, consumers, probe)
+    try:
+        stats, order = probe_inputs(work, consumers, probe)
+    except RuntimeError as exc:
+        raise SurgeryError(f"the model does not run on input of shape {shape} "
+                           f"({str(exc).splitlines()[0][:160]}); give the input shape it was trained with") from None
     if not order:
         raise SurgeryError("the model has no conv or linear layer; nothing to cut")
     output_layer = order[-1]

@@ -27,8 +27,13 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]):
     param = next(model.parameters())
     x = torch.randn((1, *input_shape), generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
     model.eval()
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
+    except Exception as exc:  # tracing runs arbitrary model code; any failure means "cannot group this model"
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise SurgeryError(f"torch-pruning could not trace the model on input {tuple(input_shape)} ({first}); "
+                           "check the input shape, or keep this model dense") from None
 
 
 def step_name(layer: nn.Module) -> str:
