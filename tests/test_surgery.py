@@ -325,3 +325,30 @@ def test_untraceable_model_is_one_clear_error():
     m = create_model("tiny-mlp")
     with pytest.raises(SurgeryError, match=r"does not run on input of shape \(1, 5, 5\)"):
         surgery(m, (1, 5, 5))  # 25 features into a Linear that takes 16
+
+
+def test_fully_dead_layer_keeps_one_channel():
+    m = create_model("tiny-mlp").eval()
+    with torch.no_grad():
+        m[3].weight.zero_()
+        m[3].bias.zero_()
+    res = surgery(m, (1, 4, 4))
+    assert res.model[3].out_features == 1 and res.model[5].in_features == 1
+    assert sorted((k["layer"], k["reason"]) for k in res.report["kept"]) == [
+        ("1", "a layer keeps at least one channel"), ("3", "a layer keeps at least one channel")]
+    # Layer 1 feeds only zero weights: every consumer ignores its channels, so they go too (down to one).
+    assert res.model[1].out_features == 1
+    x = torch.randn(4, 1, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(res.model(x), m(x), atol=1e-6)
+
+
+def test_channel_ignored_by_every_consumer_is_removed():
+    """Outgoing weights zero, incoming weights live (a neuron nobody listens to): removable whatever it emits."""
+    m = create_model("tiny-resnet").eval()
+    randomize_bn(m)
+    with torch.no_grad():
+        m.block1.conv2.weight[:, 2] = 0  # block1's internal channel 2 is read by conv2 only
+    res = surgery(m, (1, 8, 8))
+    assert res.removed["block1.conv1"] == [2] and res.removed["block1.bn1"] == [2]
+    assert not res.report["folded"]

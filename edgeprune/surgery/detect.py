@@ -37,6 +37,22 @@ def weight_rows_zero(layer: nn.Module, idxs: list[int], atol: float = PARAM_ATOL
     return (rows.reshape(len(idxs), -1).abs().amax(1) <= atol).tolist() if len(idxs) else []
 
 
+def weight_cols_zero(layer: nn.Module, idxs: list[int], atol: float = PARAM_ATOL) -> list[bool]:
+    """Per input index: does the layer ignore that input (its whole weight column is zero)? Grouped convs: never
+    claimed (their columns are not separable here)."""
+    w = layer.weight.detach()
+    if not len(idxs):
+        return []
+    if isinstance(layer, CONVS):
+        if layer.groups > 1:
+            return [False] * len(idxs)
+        w = w if layer.transposed else w.transpose(0, 1)
+    else:
+        w = w.t()
+    cols = w[torch.as_tensor(idxs, dtype=torch.long, device=w.device)]
+    return (cols.reshape(len(idxs), -1).abs().amax(1) <= atol).tolist()
+
+
 @dataclasses.dataclass
 class ChannelStats:
     """Per input channel (conv) or feature (linear) of one consumer, over every probe sample and position."""

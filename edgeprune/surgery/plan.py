@@ -5,7 +5,8 @@ flatten → Linear). Removing root channel r is exact only when
   * every conv / linear producer in the group has an all-zero weight row for r (the channel is provably constant;
     a depthwise conv may instead receive a provable zero on r),
   * every consumer sees a constant on it in the probe, and
-  * the constant is zero, or every consumer can absorb it into its bias (Linear; conv without padding).
+  * the constant is zero, or every consumer can absorb it into its bias (Linear; conv without padding);
+or when every consumer ignores the channel (all-zero weight columns): then its value does not matter.
 Anything else keeps the channel, with the reason recorded.
 """
 
@@ -17,7 +18,7 @@ import math
 import torch.nn as nn
 
 from ..errors import SurgeryError
-from .detect import CONVS, ChannelStats, weight_rows_zero
+from .detect import CONVS, ChannelStats, weight_cols_zero, weight_rows_zero
 
 
 @dataclasses.dataclass
@@ -108,7 +109,14 @@ def plan_group(group, names: dict[nn.Module, str], stats: dict[str, ChannelStats
         for zero, r in zip(zeros, it.root_idxs):
             if not zero:
                 dead.discard(r)
-    if not dead:
+    # A channel every consumer ignores (all-zero weight columns) leaves whatever it carries: no fold needed.
+    unused = set(items[0].root_idxs)
+    for it in consumers:
+        for zero, r in zip(weight_cols_zero(it.dep.target.module, list(it.idxs)), it.root_idxs):
+            if not zero:
+                unused.discard(r)
+    dead -= unused
+    if not dead and not unused:
         return plan
     for it in consumers:
         mod = it.dep.target.module
@@ -132,7 +140,7 @@ def plan_group(group, names: dict[nn.Module, str], stats: dict[str, ChannelStats
                     plan.kept[r] = f"constant {c:.4g} reaches {name}: {blocker}"
                 else:
                     plan.folds.setdefault(r, []).append((name, int(idx), c))
-    removable = sorted(dead - set(plan.kept))
+    removable = sorted((dead - set(plan.kept)) | unused)
     if len(removable) >= plan.channels:
         r = removable.pop(0)
         plan.kept[r] = "a layer keeps at least one channel"
