@@ -55,6 +55,9 @@ class RunContext:
     baseline: dict = dataclasses.field(default_factory=dict)
     result: object | None = None
     summary: dict = dataclasses.field(default_factory=dict)
+    files: dict = dataclasses.field(default_factory=dict)
+    """Artifacts written so far, by role: "baseline", "masked", "manifest", "metrics", "summary" (later stages add
+    theirs, e.g. "model", "onnx")."""
 
 
 def _device(ctx: RunContext) -> torch.device:
@@ -125,6 +128,7 @@ def stage_baseline(ctx: RunContext) -> None:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _io.write_json(ctx.run_dir / MANIFEST, manifest)
+    ctx.files.update(baseline=ctx.run_dir / BASELINE, manifest=ctx.run_dir / MANIFEST)
 
 
 def stage_compress(ctx: RunContext) -> None:
@@ -169,6 +173,7 @@ def stage_compress(ctx: RunContext) -> None:
                    "method": ctx.config.method, "baseline": ctx.baseline, "pruned": pruned,
                    "compression_ratio": ratio, **info}
     _io.write_json(ctx.run_dir / SUMMARY, ctx.summary)
+    ctx.files.update(masked=ctx.run_dir / MASKED, metrics=metrics, summary=ctx.run_dir / SUMMARY, state=state)
     log.info("compressed %.2fx: neurons %s → %s, top-1 error %.2f%% → %.2f%%", ratio, ctx.baseline["neurons"],
              pruned["neurons"], 100 * ctx.baseline["top1_error"], 100 * pruned["top1_error"])
 
