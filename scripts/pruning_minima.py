@@ -59,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--baseline", default="runs/base-lenet5-safe.pt")
     ap.add_argument("--out", default="runs/pruning-minima")
     ap.add_argument("--img", default="docs/img")
+    ap.add_argument("--tag", default="", help="figure names become analysis_<tag>_*.png (e.g. lenet300)")
     ap.add_argument("--sparsities", default="0.5,0.8,0.9,0.95,0.98")
     ap.add_argument("--modes", default="finetune,rewind,reinit,random-structure")
     ap.add_argument("--seeds", type=int, default=2, help="seeds for rewind / reinit / random-structure")
@@ -155,6 +156,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     out, img = Path(args.out), Path(args.img)
+    prefix = f"analysis_{args.tag}_" if args.tag else "analysis_"
     if args.quick:
         args.sparsities, args.train_subset, args.seeds = "0.5,0.9", 1000, 1
         args.epochs_scratch, args.hessian_samples, args.entropy_samples, args.landscape_samples, args.grid = \
@@ -228,7 +230,7 @@ def main() -> int:
                                                for p in results["gradual_magnitude"]]
     for g in external:
         series[f"gradual ({Path(g['path']).name})"] = [(g["sparsity"], g["top1_error"], 0.0)]
-    plots.error_vs_compression(series, img / "analysis_error_vs_sparsity.png", base_err)
+    plots.error_vs_compression(series, img / f"{prefix}error_vs_sparsity.png", base_err)
 
     # 5. the two solutions: the sparsest gradual run and the best one-shot run at its sparsity
     if external:
@@ -252,20 +254,20 @@ def main() -> int:
         minima[key]["top1_error"] = evaluate(model, Batches(data.test, 512), device)["top1_error"]
         minima[key]["sparsity"] = sparsity_of(masks_from_zeros(model))
 
-    hb, _ = sample_batches("fashion-mnist", None, "train", args.hessian_samples, 256, seed=0)
+    hb, _ = sample_batches(data.name, None, "train", args.hessian_samples, 256, seed=0)
     for key, model in (("G", G), ("S", S)):
         minima[key]["hessian"] = top_hessian_eigenvalues(model, hb, k=5, method="lanczos", iters=30)
         stamp(f"{key}: top Hessian eigenvalues {[round(v, 3) for v in minima[key]['hessian']['eigenvalues']]}")
     plots.eigenvalue_bars([(minima[k]["label"], minima[k]["hessian"]["eigenvalues"]) for k in ("G", "S")],
-                          img / "analysis_hessian_top5.png")
+                          img / f"{prefix}hessian_top5.png")
 
-    lb, _ = sample_batches("fashion-mnist", None, "train", args.landscape_samples, 512, seed=1)
+    lb, _ = sample_batches(data.name, None, "train", args.landscape_samples, 512, seed=1)
     plane = loss_plane(S, G, lb, steps=args.grid, margin=0.5, beta_range=1.0, seed=0)
     minima["landscape"] = plane
-    plots.loss_plane_figure(plane, img / "analysis_loss_plane.png", ("1-S", "G"))
+    plots.loss_plane_figure(plane, img / f"{prefix}loss_plane.png", ("1-S", "G"))
     stamp(f"loss plane: 1-S {plane['loss_a']:.4f}, G {plane['loss_b']:.4f}")
 
-    eb, _ = sample_batches("fashion-mnist", None, "train", args.entropy_samples, 256, seed=2)
+    eb, _ = sample_batches(data.name, None, "train", args.entropy_samples, 256, seed=2)
     ent = []
     for key, model in (("G", G), ("S", S)):
         layers = psp_entropy(model, eb, data.num_classes, second_order=True, device=device)
@@ -273,9 +275,9 @@ def main() -> int:
         minima[key]["entropy"] = [layer_summary(le, data.num_classes) for le in layers]
     dense_layers = psp_entropy(base.model, eb, data.num_classes, second_order=False, device=device)
     minima["dense_psp_sq"] = {le.name: le.psp_sq_mean for le in dense_layers}
-    plots.entropy_histograms(ent, img / "analysis_entropy_order1.png", 1, data.num_classes)
-    plots.entropy_histograms(ent, img / "analysis_entropy_order2.png", 2, data.num_classes)
-    plots.psp_norm_bars(ent + [("dense baseline", dense_layers)], img / "analysis_psp_norm.png")
+    plots.entropy_histograms(ent, img / f"{prefix}entropy_order1.png", 1, data.num_classes)
+    plots.entropy_histograms(ent, img / f"{prefix}entropy_order2.png", 2, data.num_classes)
+    plots.psp_norm_bars(ent + [("dense baseline", dense_layers)], img / f"{prefix}psp_norm.png")
     results["minima"] = minima
     results["seconds"] = round(time.time() - T0, 1)
     _io.write_json(out / "results.json", results)

@@ -134,6 +134,8 @@ def analyze_entropy(model_path: str | os.PathLike, config: EntropyConfig, out: s
                                          for p in paths]
     if len(names) != len(paths):
         raise ConfigError(f"give {len(paths)} labels, got {len(names)}")
+    if len(set(names)) != len(names):  # e.g. two finetune-seed0.pt from different folders
+        names = [f"{n} ({k + 1})" for k, n in enumerate(names)]
     loaded = [load_for_analysis(p) for p in paths]
     dataset = _dataset_of(config.dataset, loaded[0].meta, paths[0])
     batches, data = sample_batches(dataset, config.data_dir, config.split, config.samples, config.batch_size,

@@ -46,8 +46,9 @@ def oneshot(
         return
     from rich.table import Table
 
-    t = Table(title=f"one-shot {summary['mode']} at {summary['target_sparsity']:.2%} pruned "
-                    f"(baseline error {summary['baseline_top1_error'] or float('nan'):.2%})")
+    base_err = summary["baseline_top1_error"]
+    t = Table(title=f"one-shot {summary['mode']} at {summary['target_sparsity']:.2%} pruned"
+                    + (f" (baseline error {base_err:.2%})" if base_err is not None else ""))
     for col in ("checkpoint", "seed", "pruned", "compression", "top-1 error"):
         t.add_column(col, justify="left" if col == "checkpoint" else "right")
     for r in summary["runs"]:
