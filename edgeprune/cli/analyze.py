@@ -121,7 +121,7 @@ def landscape(
     labels: str = typer.Option(None, help="Names of A and B in the figure, comma-separated."),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
-    out: Path = typer.Option(..., help="Folder for landscape.json and landscape.png."),
+    out: Path = typer.Option(Path("landscape"), help="Folder for landscape.json and landscape.png."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Training loss on the plane through A, B and a random filter-normalized direction orthogonal to B − A."""
