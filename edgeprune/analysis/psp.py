@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 CONV_MODES = ("filter", "unit")
 ALL_PAIRS_MAX_NEURONS = 1024
-"""Layers up to this many neurons get every pair's second-order entropy unless a pair budget is given."""
+"""Layers up to this many neurons get every pair's second-order entropy unless a pair budget is given…"""
+ALL_PAIRS_MAX_ENTRIES = 1 << 25
+"""…and as long as the per-class pair counts (classes × n², float64) stay under this many entries (256 MiB)."""
 DEFAULT_PAIR_SAMPLE = 100_000
 
 
@@ -81,7 +83,7 @@ class _LayerStats:
         if self.second_order:
             n_pairs = n * (n - 1) // 2
             budget = self.pair_budget
-            if budget is None and n > ALL_PAIRS_MAX_NEURONS:
+            if budget is None and (n > ALL_PAIRS_MAX_NEURONS or self.c * n * n > ALL_PAIRS_MAX_ENTRIES):
                 budget = DEFAULT_PAIR_SAMPLE
             if budget is not None and budget < n_pairs:
                 self.pairs = _sample_pairs(n, budget, self.seed).to(device)
