@@ -101,7 +101,8 @@ def export_all(
             built, info, failures = _build(net, example, tmp, stem, steps, progress, task, opset=opset,
                                            dynamic_batch=dynamic_batch, slim=slim, optimize=optimize)
             progress.update(task, info="validate")
-            diffs, mismatches = compare(net, {f: built[f] for f in formats if f in built}, inputs)
+            by_name, mismatches = compare(net, {built[f].name: built[f] for f in formats if f in built}, inputs)
+            diffs = {f: by_name[built[f].name] for f in formats if f in built}
             if failures:
                 found = f"; also {len(mismatches)} mismatch(es): " + "; ".join(
                     m.describe() for m in mismatches[:4]) if mismatches else ""
