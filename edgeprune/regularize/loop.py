@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .. import _io
 from .._progress import make_progress
 from ..errors import CheckpointError, ConfigError
-from ..threshold import count_alive, find_threshold, masks_from_zeros, pin_
+from ..threshold import count_alive, find_threshold, full_masks, pin_
 from .config import CompressConfig
 from .neurons import find_neurons, neuron_alive
 from .update import Regularizer
@@ -131,7 +131,9 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
         log.info("resuming at epoch %d (cycle %d, %d threshold steps so far)", st["epoch"], st["cycle"],
                  len(st["thresholds"]))
     else:
-        masks = masks_from_zeros(model)
+        # Everything starts alive (BatchNorm's β is initialized to exactly zero: a from-scratch LOBSTER run must be
+        # able to train it); zeros in the input are pruned by the first threshold step (|θ| = 0 ≤ T).
+        masks = full_masks(model)
         base_val = val_eval()
         st = {
             "epoch": 0, "cycle": 0, "since_best": 0, "pending_plateau": False, "elapsed": 0.0, "rows": 0,
