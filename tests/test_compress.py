@@ -199,3 +199,16 @@ def test_cli_end_to_end_and_one_line_errors(tmp_path, capsys):
     rc = main(["compress", "--resume", str(tmp_path / "nothing")])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1
+
+
+def test_lobster_trains_from_scratch(setup, tmp_path):
+    """LOBSTER needs no pre-trained model: from a fresh initialization (BN β = 0) it learns and prunes."""
+    data, _ = setup
+    torch.manual_seed(1)
+    fresh = tmp_path / "fresh.pt"
+    save_checkpoint(fresh, create_model("tiny-cnn"), meta={"dataset": "synthetic"})
+    summary = run_compress(fresh, tmp_path / "run", _config(method="lobster", lr=0.05, max_epochs=4,
+                                                            target_drop=0.0), data=data)
+    model = load_checkpoint(tmp_path / "run" / "masked.pt").model
+    assert summary["pruned"]["top1_error"] < summary["baseline"]["top1_error"]
+    assert model[1].bias.abs().sum() > 0  # BN β left zero-initialized would mean it was wrongly pinned
