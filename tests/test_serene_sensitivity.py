@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from edgeprune.errors import ModelError
 from edgeprune.models import create_model, input_shape_of
-from edgeprune.regularize import find_neurons, sensitivity
+from edgeprune.regularize import find_neurons, neuron_sensitivity
 
 TINY = ["tiny-mlp", "tiny-cnn", "tiny-resnet"]
 
@@ -108,8 +108,8 @@ def test_exact_and_lb_match_brute_force(name):
     model = _model(name)
     x = torch.randn(5, *input_shape_of(name), dtype=torch.float64)
     jac = _brute_jacobians(model, x)
-    exact = sensitivity(model, x, "exact", class_chunk=2)
-    lb = sensitivity(model, x, "lb")
+    exact = neuron_sensitivity(model, x, "exact", class_chunk=2)
+    lb = neuron_sensitivity(model, x, "lb")
     for layer, J in jac.items():
         C = J.shape[1]
         truth_exact = J.abs().sum(1).mean(0) / C
@@ -123,7 +123,7 @@ def test_exact_and_lb_match_brute_force(name):
 def test_upper_bound_matches_absolute_jacobian_product(name):
     model = _model(name)
     x = torch.randn(3, *input_shape_of(name), dtype=torch.float64)
-    ub = sensitivity(model, x, "ub")
+    ub = neuron_sensitivity(model, x, "ub")
     truth = _abs_product_ub(model, x)
     for layer, t in truth.items():
         torch.testing.assert_close(ub[layer], t, rtol=1e-5, atol=1e-10)
@@ -134,14 +134,14 @@ def test_upper_bound_matches_absolute_jacobian_product(name):
 def test_lb_le_exact_le_ub_neuron_by_neuron(name, seed):
     model = _model(name, seed)
     x = torch.randn(6, *input_shape_of(name), dtype=torch.float64)
-    s = {m: sensitivity(model, x, m) for m in ("lb", "exact", "ub")}
+    s = {m: neuron_sensitivity(model, x, m) for m in ("lb", "exact", "ub")}
     for layer in s["exact"]:
         lb, ex, ub = s["lb"][layer], s["exact"][layer], s["ub"][layer]
         assert torch.all(lb <= ex * (1 + 1e-9) + 1e-15), layer
         assert torch.all(ex <= ub * (1 + 1e-9) + 1e-15), layer
     # Per sample too (the aggregation keeps the ordering before the batch mean).
-    pe = sensitivity(model, x, "exact", reduce=False)
-    pu = sensitivity(model, x, "ub", reduce=False)
+    pe = neuron_sensitivity(model, x, "exact", reduce=False)
+    pu = neuron_sensitivity(model, x, "ub", reduce=False)
     for layer in pe:
         assert torch.all(pe[layer] <= pu[layer] * (1 + 1e-9) + 1e-15)
 
@@ -151,7 +151,7 @@ def test_local_is_fraction_of_active_positions(name):
     model = _model(name)
     x = torch.randn(4, *input_shape_of(name), dtype=torch.float64)
     ng = find_neurons(model)
-    local = sensitivity(model, x, "local")
+    local = neuron_sensitivity(model, x, "local")
     psps = _psps(model, x)
     for nl in ng.layers:
         if nl.activation is None:
@@ -171,15 +171,15 @@ def test_output_layer_sensitivity_is_one_over_c():
     ng = find_neurons(model)
     out_layer = [nl for nl in ng.layers if nl.is_output]
     assert [nl.name for nl in out_layer] == ["5"]
-    s = sensitivity(model, x, "exact")["5"]
+    s = neuron_sensitivity(model, x, "exact")["5"]
     torch.testing.assert_close(s, torch.full((3,), 1 / 3, dtype=torch.float64))
 
 
 def test_exact_chunking_does_not_change_the_result():
     model = _model("tiny-cnn")
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
-    a = sensitivity(model, x, "exact", class_chunk=1)
-    b = sensitivity(model, x, "exact", class_chunk=100)
+    a = neuron_sensitivity(model, x, "exact", class_chunk=1)
+    b = neuron_sensitivity(model, x, "exact", class_chunk=100)
     for k in a:
         torch.testing.assert_close(a[k], b[k])
 
@@ -187,8 +187,8 @@ def test_exact_chunking_does_not_change_the_result():
 def test_train_mode_keeps_batchnorm_statistics():
     model = _model("tiny-cnn").train()
     before = model[1].running_mean.clone()
-    sensitivity(model, torch.randn(4, 1, 8, 8, dtype=torch.float64), "exact")
-    sensitivity(model, torch.randn(4, 1, 8, 8, dtype=torch.float64), "ub")
+    neuron_sensitivity(model, torch.randn(4, 1, 8, 8, dtype=torch.float64), "exact")
+    neuron_sensitivity(model, torch.randn(4, 1, 8, 8, dtype=torch.float64), "ub")
     torch.testing.assert_close(model[1].running_mean, before)
 
 
@@ -227,6 +227,22 @@ def test_unsupported_graphs_are_refused_clearly():
 
     m = Odd().double()
     x = torch.randn(2, 4, dtype=torch.float64)
-    assert sensitivity(m, x, "exact")["fc1"].shape == (5,)  # exact/LB work on any differentiable graph
+    assert neuron_sensitivity(m, x, "exact")["fc1"].shape == (5,)  # exact/LB work on any differentiable graph
     with pytest.raises(ModelError, match="upper bound"):
-        sensitivity(m, x, "ub")
+        neuron_sensitivity(m, x, "ub")
+
+
+def test_exact_loop_strategy_matches_vectorized():
+    from edgeprune.regularize.sensitivity import PspCapture, per_sample_from_deltas
+
+    model = _model("tiny-resnet")
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    ng = find_neurons(model)
+    results = []
+    for vectorized in (True, False):
+        with PspCapture(ng) as cap:
+            out = model(x)
+            results.append(per_sample_from_deltas(out, [cap.deltas[nl.name] for nl in ng.layers], "exact", 2,
+                                                  vectorized=vectorized))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)

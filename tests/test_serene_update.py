@@ -89,10 +89,10 @@ def test_regularizer_reduces_loss_free_parameters_only_by_penalty():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
-    from edgeprune.regularize import sensitivity
+    from edgeprune.regularize import neuron_sensitivity
 
     model.train()
-    s = sensitivity(model, x, "lb")
+    s = neuron_sensitivity(model, x, "lb")
     with Regularizer(model, "serene-lb", 0.5, masks) as reg:
         opt.zero_grad()
         out = model(x)

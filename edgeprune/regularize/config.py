@@ -43,6 +43,9 @@ class CompressConfig:
     val_fraction: float = 0.1
     class_chunk: int = 16
     """Classes per vectorized VJP in exact sensitivity (peak memory ∝ chunk, not C)."""
+    exact_vjp: str = "vectorized"
+    """How exact sensitivity runs its C products: "vectorized" (one batched VJP per chunk) or "loop" (one by one;
+    faster on CPU for conv nets, see docs/serene.md)."""
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -65,6 +68,7 @@ class CompressConfig:
             (self.max_minutes is None or self.max_minutes > 0, f"--max-minutes must be positive, got {self.max_minutes}"),
             (0 < self.val_fraction < 1, f"validation fraction must be in (0, 1), got {self.val_fraction}"),
             (self.class_chunk >= 1, f"class chunk must be at least 1, got {self.class_chunk}"),
+            (self.exact_vjp in ("vectorized", "loop"), f"--exact-vjp must be vectorized or loop, got {self.exact_vjp!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .._progress import track
 from .neurons import find_neurons
-from .sensitivity import sensitivity
+from .sensitivity import neuron_sensitivity
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def sensitivity_populations(model: nn.Module, batches, n_batches: int = 10, devi
             break
         x = x.to(device)
         for m in methods:
-            vals = sensitivity(model, x, m, ng=ng, layers=hidden, class_chunk=class_chunk)
+            vals = neuron_sensitivity(model, x, m, ng=ng, layers=hidden, class_chunk=class_chunk)
             for name, v in vals.items():
                 sums[m][name] = v if sums[m][name] is None else sums[m][name] + v
         count += 1
