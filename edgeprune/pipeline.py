@@ -100,16 +100,18 @@ def _num_outputs(model: nn.Module, shape) -> int:
 
 def stage_baseline(ctx: RunContext) -> None:
     """Evaluate the input model on the test split, write baseline.pt and manifest.json."""
+    from . import distributed
     from .checkpoint import library_versions, save_checkpoint
-    from .data import Batches
     from .summary import summarize
-    from .train import evaluate
 
     device = _device(ctx)
     ctx.model.to(device)
-    te = evaluate(ctx.model, Batches(ctx.data.test, 1000), device, description="baseline test")
+    te = distributed.evaluate(ctx.model, ctx.data.test, 1000, device, description="baseline test")
     summ = summarize(ctx.model, tuple(ctx.data.input_shape))
     ctx.baseline = {**_summary_dict(summ, baseline=True), "top1_error": te["top1_error"]}
+    ctx.files.update(baseline=ctx.run_dir / BASELINE, manifest=ctx.run_dir / MANIFEST)
+    if not distributed.is_main():
+        return  # rank 0 writes the run folder
     if not (ctx.resume and (ctx.run_dir / BASELINE).exists()):
         meta = {**ctx.meta, "dataset": ctx.data.name, "input_shape": list(ctx.data.input_shape),
                 "num_classes": ctx.data.num_classes, "top1_error": te["top1_error"],
@@ -124,27 +126,26 @@ def stage_baseline(ctx: RunContext) -> None:
         "versions": library_versions(),
         "environment": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
                         "torch_threads": torch.get_num_threads(), "device": str(device),
-                        "cuda": torch.cuda.is_available()},
+                        "cuda": torch.cuda.is_available(), "world_size": distributed.world_size()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _io.write_json(ctx.run_dir / MANIFEST, manifest)
-    ctx.files.update(baseline=ctx.run_dir / BASELINE, manifest=ctx.run_dir / MANIFEST)
 
 
 def stage_compress(ctx: RunContext) -> None:
     """SeReNe Alg. 1 (regularize ⇄ threshold), then masked.pt and compress.json."""
+    from . import distributed
     from .checkpoint import save_checkpoint
-    from .data import Batches
     from .regularize.loop import saved_row_count, serene_
     from .summary import summarize
-    from .train import evaluate
 
     state = ctx.run_dir / STATE
     metrics = ctx.run_dir / METRICS
     resume = ctx.resume and state.exists()
-    if resume:
+    main = distributed.is_main()
+    if resume and main:
         _truncate_jsonl(metrics, saved_row_count(state))
-    elif metrics.exists():
+    elif metrics.exists() and main:
         metrics.unlink()
     try:
         result = serene_(ctx.model, ctx.data, ctx.config, state_path=state, resume=resume,
@@ -156,7 +157,7 @@ def stage_compress(ctx: RunContext) -> None:
     ctx.result = result
     device = _device(ctx)
     model = result.model
-    te = evaluate(model, Batches(ctx.data.test, 1000), device, description="pruned test")
+    te = distributed.evaluate(model, ctx.data.test, 1000, device, description="pruned test")
     summ = summarize(model, tuple(ctx.data.input_shape))
     pruned = {**_summary_dict(summ, baseline=False), "top1_error": te["top1_error"]}
     info = {"method": ctx.config.method, "met_target": result.met_target, "stop_reason": result.stop_reason,
@@ -167,12 +168,14 @@ def stage_compress(ctx: RunContext) -> None:
             "num_classes": ctx.data.num_classes, "top1_error": te["top1_error"], "test_accuracy": te["accuracy"],
             "compress": info}
     meta.pop("history", None)
-    save_checkpoint(ctx.run_dir / MASKED, model.cpu(), meta=meta)
+    if main:
+        save_checkpoint(ctx.run_dir / MASKED, model.cpu(), meta=meta)
     ratio = ctx.baseline["params_total"] / max(pruned["params_nonzero"], 1)
     ctx.summary = {"dataset": ctx.data.name, "arch": getattr(model, "edgeprune_arch", None),
                    "method": ctx.config.method, "baseline": ctx.baseline, "pruned": pruned,
                    "compression_ratio": ratio, **info}
-    _io.write_json(ctx.run_dir / SUMMARY, ctx.summary)
+    if main:
+        _io.write_json(ctx.run_dir / SUMMARY, ctx.summary)
     ctx.files.update(masked=ctx.run_dir / MASKED, metrics=metrics, summary=ctx.run_dir / SUMMARY, state=state)
     log.info("compressed %.2fx: neurons %s → %s, top-1 error %.2f%% → %.2f%%", ratio, ctx.baseline["neurons"],
              pruned["neurons"], 100 * ctx.baseline["top1_error"], 100 * pruned["top1_error"])

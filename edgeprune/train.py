@@ -166,8 +166,11 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False) -> 
     """Train ``config.arch`` on ``config.dataset`` and save the best-on-validation model to ``out``.
 
     The state after every epoch goes to ``OUT.resume.pt`` (atomically) so ``resume=True`` continues a killed run
-    with the same result; it is removed when training completes.
+    with the same result; it is removed when training completes. Under torchrun (an initialized process group, see
+    :mod:`edgeprune.distributed`) the model trains in DistributedDataParallel over the ranks' slices of every global
+    batch of ``config.batch_size``; rank 0 alone writes files.
     """
+    from . import distributed
     from .checkpoint import save_checkpoint
     from .data import Batches, load_dataset
     from .models import create_model
@@ -183,9 +186,8 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False) -> 
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    train_b = Batches(data.train, config.batch_size, shuffle=True, seed=config.seed, augment=data.augment)
-    val_b = Batches(data.val, 512)
-    test_b = Batches(data.test, 512)
+    train_b = Batches(data.train, distributed.per_rank_batch(config.batch_size), shuffle=True, seed=config.seed,
+                      augment=data.augment, rank=distributed.rank(), world_size=distributed.world_size())
     resume_path = out.with_name(out.name + ".resume.pt")
     start, best, history = 0, None, []
     if resume and resume_path.exists():
@@ -200,14 +202,20 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False) -> 
         log.info("resuming %s at epoch %d", out, start + 1)
     elif resume:
         log.info("no resume state at %s: starting from scratch", resume_path)
+    stepper = model
+    if distributed.is_active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        stepper = DistributedDataParallel(model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+                                          if device.type == "cuda" else None)
 
     t0 = time.time()
     with _Interrupt() as stop:
         for epoch in range(start, config.epochs):
             train_b.set_epoch(epoch)
-            tr = train_epoch(model, train_b, optimizer, device, description=f"epoch {epoch + 1}/{config.epochs}")
+            tr = train_epoch(stepper, train_b, optimizer, device, description=f"epoch {epoch + 1}/{config.epochs}")
             scheduler.step()
-            va = evaluate(model, val_b, device)
+            va = distributed.evaluate(model, data.val, 512, device)
             row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                    "val_loss": va["loss"], "val_accuracy": va["accuracy"], "lr": optimizer.param_groups[0]["lr"],
                    "seconds": time.time() - t0}
@@ -217,11 +225,12 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False) -> 
             if best is None or va["accuracy"] > best["val_accuracy"]:
                 best = {"epoch": epoch + 1, "val_accuracy": va["accuracy"], "val_loss": va["loss"],
                         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-            _save_resume(resume_path, model, optimizer, scheduler, epoch + 1, best, history, init_state, config)
-            if stop.requested:
+            if distributed.is_main():
+                _save_resume(resume_path, model, optimizer, scheduler, epoch + 1, best, history, init_state, config)
+            if distributed.any_rank(stop.requested):
                 raise KeyboardInterrupt
     model.load_state_dict(best["state"])
-    te = evaluate(model, test_b, device, description="test")
+    te = distributed.evaluate(model, data.test, 512, device, description="test")
     meta = {
         "dataset": config.dataset,
         "input_shape": list(data.input_shape),
@@ -235,8 +244,9 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False) -> 
         "train_seconds": round(time.time() - t0, 1),
         "history": history,
     }
-    save_checkpoint(out, model.cpu(), meta=meta, extra={"init_state_dict": init_state})
-    resume_path.unlink(missing_ok=True)
+    if distributed.is_main():
+        save_checkpoint(out, model.cpu(), meta=meta, extra={"init_state_dict": init_state})
+        resume_path.unlink(missing_ok=True)
     return {"path": str(out), **{k: meta[k] for k in ("best_epoch", "val_accuracy", "test_accuracy", "top1_error",
                                                         "train_seconds")}}
 

@@ -35,6 +35,7 @@ def compress(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Regularize with neuron sensitivity and threshold until the validation accuracy target (SeReNe Alg. 1)."""
+    from .. import distributed
     from ..errors import ConfigError
     from ..pipeline import model_of_run, resume_config, run_compress
     from ..regularize.config import make_config
@@ -43,7 +44,9 @@ def compress(
         if out is not None and Path(out) != Path(resume):
             raise ConfigError("--resume RUN continues RUN in place; drop --out or give the same folder")
         cfg = resume_config(resume, max_epochs=max_epochs, max_minutes=max_minutes, device=device)
-        summary = run_compress(str(model) if model else model_of_run(resume), resume, cfg, resume=True)
+        with distributed.session(cfg.device):  # a process group when launched by torchrun, else nothing
+            summary = run_compress(str(model) if model else model_of_run(resume), resume, cfg, resume=True)
+            main = distributed.is_main()
         run_dir = resume
     else:
         if model is None:
@@ -54,8 +57,12 @@ def compress(
                           weight_decay=weight_decay, batch_size=batch_size, target_drop=target_drop,
                           max_epochs=max_epochs, max_minutes=max_minutes, seed=seed, device=device,
                           dataset=dataset, data_dir=str(data_dir) if data_dir else None)
-        summary = run_compress(model, out, cfg)
+        with distributed.session(cfg.device):
+            summary = run_compress(model, out, cfg)
+            main = distributed.is_main()
         run_dir = out
+    if not main:
+        return  # rank 0 reports
     if json_out:
         import json
 

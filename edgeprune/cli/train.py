@@ -26,12 +26,17 @@ def train(
     resume: bool = typer.Option(False, help="Continue from OUT.resume.pt left by an interrupted run."),
 ) -> None:
     """Train a baseline with SGD; keep the best epoch on validation; report test top-1 error."""
+    from .. import distributed
     from ..train import TrainConfig
     from ..train import train as run_train
 
     config = TrainConfig(arch=arch, dataset=dataset, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
                          weight_decay=weight_decay, seed=seed, device=device,
                          data_dir=str(data_dir) if data_dir else None, download=download)
-    result = run_train(config, out, resume=resume)
+    with distributed.session(config.device):  # a process group when launched by torchrun, else nothing
+        result = run_train(config, out, resume=resume)
+        main = distributed.is_main()
+    if not main:
+        return
     echo(f"saved {result['path']}: best epoch {result['best_epoch']}, val accuracy {result['val_accuracy']:.2%}, "
          f"test top-1 error {result['top1_error']:.2%} ({result['train_seconds']:.0f} s)")

@@ -54,11 +54,13 @@ class SereneResult:
 
 
 def regularize_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, reg: Regularizer,
-                     device: torch.device | str = "cpu", description: str = "regularize") -> dict:
+                     device: torch.device | str = "cpu", description: str = "regularize",
+                     grad_reduce: Callable[[nn.Module], None] | None = None) -> dict:
     """One epoch of SGD on cross-entropy with the regularizer's update after each step (SeReNe eq. 15 / 23).
 
     Not :func:`edgeprune.train.train_epoch`: exact and LB differentiate the logits once more after the loss backward,
     which needs the autograd graph kept alive (``retain_graph``); train_epoch's hooks only see it after it is freed.
+    ``grad_reduce(model)`` runs right after backward (data-parallel runs average gradients across ranks there).
     """
     model.train()
     total_loss, correct, n = 0.0, 0, 0
@@ -71,6 +73,8 @@ def regularize_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer
             out = model(x)
             loss = F.cross_entropy(out, y)
             loss.backward(retain_graph=reg.needs_graph)
+            if grad_reduce is not None:
+                grad_reduce(model)
             reg.after_backward(x, out)
             optimizer.step()
             reg.after_step(optimizer)
@@ -103,21 +107,26 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     saved epoch (tests inject interruptions there). With ``resume`` and an existing ``state_path`` the loop
     continues from the saved state.
     """
+    from .. import distributed
     from ..data import Batches
-    from ..train import evaluate, resolve_device, seed_everything
+    from ..train import resolve_device, seed_everything
 
     device = resolve_device(config.device)
     seed_everything(config.seed)
     model.to(device)
+    parallel = distributed.is_active()
+    if parallel:
+        distributed.broadcast_parameters_(model)
     ng = find_neurons(model)
-    train_b = Batches(data.train, config.batch_size, shuffle=True, seed=config.seed, augment=data.augment)
-    val_b = Batches(data.val, 1000)
+    # Under torchrun each rank takes its slice of every global batch (config.batch_size stays the global batch).
+    train_b = Batches(data.train, distributed.per_rank_batch(config.batch_size), shuffle=True, seed=config.seed,
+                      augment=data.augment, rank=distributed.rank(), world_size=distributed.world_size())
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    emit = emit or (lambda row: None)
+    emit = (emit if distributed.is_main() else None) or (lambda row: None)
 
     def val_eval() -> dict:
-        return evaluate(model, val_b, device)
+        return distributed.evaluate(model, data.val, 1000, device)
 
     state_path = Path(state_path) if state_path is not None else None
     st: dict
@@ -150,7 +159,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
 
     def save() -> None:
         st["elapsed"] = time.time() - t_start
-        if state_path is not None:
+        if state_path is not None and distributed.is_main():
             _save_state(state_path, st, model, optimizer, config)
 
     def row(kind: str, **values) -> None:
@@ -165,11 +174,12 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     def budget_left() -> str | None:
         if st["epoch"] >= config.max_epochs:
             return "max_epochs"
-        if config.max_minutes is not None and time.time() - t_start >= 60 * config.max_minutes:
+        if config.max_minutes is not None and distributed.any_rank(time.time() - t_start >= 60 * config.max_minutes):
             return "max_minutes"
         return None
 
-    reg_ctx = Regularizer(model, config.method, config.lam, masks, ng, config.class_chunk)
+    reg_ctx = Regularizer(model, config.method, config.lam, masks, ng, config.class_chunk,
+                          reduce_fn=distributed.average_values if parallel else None)
     with reg_ctx as reg:
         while st["done"] is None:
             if st["pending_plateau"]:
@@ -182,7 +192,8 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
                 break
             train_b.set_epoch(st["epoch"])
             tr = regularize_epoch(model, train_b, optimizer, reg, device,
-                                  description=f"epoch {st['epoch'] + 1} (cycle {st['cycle'] + 1})")
+                                  description=f"epoch {st['epoch'] + 1} (cycle {st['cycle'] + 1})",
+                                  grad_reduce=distributed.average_gradients_ if parallel else None)
             va = val_eval()
             st["epoch"] += 1
             if va["loss"] < st["best"]["val"]["loss"]:
@@ -215,6 +226,9 @@ def _plateau(st, model, optimizer, masks, val_eval, config, row) -> None:
     st["last_good"] = {"state": st["best"]["state"], "val": va, "masks": {k: v.cpu().clone() for k, v in masks.items()}}
     bound = (1.0 + config.twt) * va["loss"]
     t, new_masks, loss_t, evals = find_threshold(model, masks, lambda m: val_eval()["loss"], bound)
+    from .. import distributed
+
+    distributed.check_agree(t, "the threshold T")
     for k in masks:
         masks[k].copy_(new_masks[k])
     pin_(model, masks, optimizer)

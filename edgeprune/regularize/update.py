@@ -63,7 +63,9 @@ class Regularizer:
     """The per-step hooks of one method inside the training loop (see :func:`edgeprune.regularize.loop`)."""
 
     def __init__(self, model: nn.Module, method: str, lam: float, masks: Masks, ng: NeuronGraph | None = None,
-                 class_chunk: int = DEFAULT_CLASS_CHUNK):
+                 class_chunk: int = DEFAULT_CLASS_CHUNK, reduce_fn=None):
+        """``reduce_fn(values) -> values`` averages per-neuron sensitivities across data-parallel ranks (None: one
+        process); LOBSTER needs none, its gradients are averaged before :meth:`after_backward`."""
         if method not in UPDATE_METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(UPDATE_METHODS)}")
         self.model = model
@@ -71,6 +73,7 @@ class Regularizer:
         self.lam = float(lam)
         self.masks = masks
         self.class_chunk = class_chunk
+        self.reduce_fn = reduce_fn
         self.kind = method.removeprefix("serene-") if method.startswith("serene-") else None
         self.ng = ng if ng is not None or self.kind is None else find_neurons(model)
         self.layers = self.ng.layers if self.ng is not None else []
@@ -113,6 +116,8 @@ class Regularizer:
                 self._pending = {nl.name: local_from_capture(nl, self.capture) for nl in self.layers}
             elif self.method == "lobster":
                 self._pending = lobster_insensitivity(self.model)
+            if self.reduce_fn is not None and self.kind is not None and self._pending:
+                self._pending = self.reduce_fn(self._pending)
         if self.capture is not None:
             self.capture.clear()
         zero_pinned_grads_(self.model, self.masks)
