@@ -89,13 +89,42 @@ def shutdown() -> None:
 
 @contextlib.contextmanager
 def session(device: str = "auto"):
-    """``init_from_env`` for the duration of a command, torn down after it (also on errors)."""
+    """``init_from_env`` for the duration of a command, torn down after it.
+
+    A collective that fails because another rank died or hung (connection closed, timeout) becomes one
+    :class:`~edgeprune.errors.EdgepruneError` line; torchrun then ends the job and reports the failed rank.
+    """
     started = init_from_env(device)
     try:
         yield started
+        if started:
+            barrier()  # no rank tears the group down while another still finishes its last collective
+    except Exception as exc:
+        if started and _peer_failure(exc):
+            from .errors import EdgepruneError
+
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise EdgepruneError(
+                f"rank {rank()}/{world_size()}: another process of this torchrun job failed or stopped responding "
+                f"({type(exc).__name__}: {first}); torchrun's report names the failed rank; the last checkpoint "
+                "(written by rank 0 after each epoch) is intact: continue with --resume (compress: --resume RUN_FOLDER)"
+            ) from exc
+        raise
     finally:
         if started:
             shutdown()
+
+
+def _peer_failure(exc: BaseException) -> bool:
+    """A communication error (peer gone, timeout), not a bug of this rank."""
+    import torch.distributed as dist
+
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        k in text for k in ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout",
+                            "broken pipe", "peer"))
 
 
 def barrier() -> None:
