@@ -27,6 +27,8 @@ def compress(
     seed: int = typer.Option(None),
     device: str = typer.Option(None, help="auto (CUDA when available), cpu, cuda, cuda:N."),
     data_dir: Path = typer.Option(None, help="Where the dataset lives."),
+    exact_vjp: str = typer.Option(None, help="serene-exact's C products: vectorized (default) or loop (faster on "
+                                             "CPU conv nets)."),
     preset: str = typer.Option(None, help="Paper hyper-parameters: lenet300-mnist, lenet5-mnist, lenet5-fmnist, "
                                           "vgg16-cifar10, resnet32-cifar10, alexnet-cifar100."),
     config: Path = typer.Option(None, "--config", help="A CompressConfig JSON file (options given here override it)."),
@@ -56,7 +58,7 @@ def compress(
         cfg = make_config(preset, config, method=method, lam=lam, twt=twt, pwe=pwe, lr=lr, momentum=momentum,
                           weight_decay=weight_decay, batch_size=batch_size, target_drop=target_drop,
                           max_epochs=max_epochs, max_minutes=max_minutes, seed=seed, device=device,
-                          dataset=dataset, data_dir=str(data_dir) if data_dir else None)
+                          dataset=dataset, data_dir=str(data_dir) if data_dir else None, exact_vjp=exact_vjp)
         with distributed.session(cfg.device):
             summary = run_compress(model, out, cfg)
             main = distributed.is_main()
