@@ -63,8 +63,9 @@ class Regularizer:
     """The per-step hooks of one method inside the training loop (see :func:`edgeprune.regularize.loop`)."""
 
     def __init__(self, model: nn.Module, method: str, lam: float, masks: Masks, ng: NeuronGraph | None = None,
-                 class_chunk: int = DEFAULT_CLASS_CHUNK, reduce_fn=None):
-        """``reduce_fn(values) -> values`` averages per-neuron sensitivities across data-parallel ranks (None: one
+                 class_chunk: int = DEFAULT_CLASS_CHUNK, reduce_fn=None, exact_vjp: str = "vectorized"):
+        """``exact_vjp``: "vectorized" or "loop" (see :func:`per_sample_from_deltas`).
+        ``reduce_fn(values) -> values`` averages per-neuron sensitivities across data-parallel ranks (None: one
         process); LOBSTER needs none, its gradients are averaged before :meth:`after_backward`."""
         if method not in UPDATE_METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(UPDATE_METHODS)}")
@@ -73,6 +74,7 @@ class Regularizer:
         self.lam = float(lam)
         self.masks = masks
         self.class_chunk = class_chunk
+        self.vectorized = exact_vjp != "loop"
         self.reduce_fn = reduce_fn
         self.kind = method.removeprefix("serene-") if method.startswith("serene-") else None
         self.ng = ng if ng is not None or self.kind is None else find_neurons(model)
@@ -107,7 +109,8 @@ class Regularizer:
         if self.lam > 0:
             if self.kind in ("exact", "lb"):
                 deltas = [self.capture.deltas[nl.name] for nl in self.layers]
-                vals = per_sample_from_deltas(logits, deltas, self.kind, self.class_chunk, retain_graph=False)
+                vals = per_sample_from_deltas(logits, deltas, self.kind, self.class_chunk, retain_graph=False,
+                                              vectorized=self.vectorized)
                 self._pending = {nl.name: v.mean(0) for nl, v in zip(self.layers, vals)}
             elif self.kind == "ub":
                 vals = upper_bound_per_sample(self.ng, x.detach(), self.layers)
