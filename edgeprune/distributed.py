@@ -159,10 +159,19 @@ def all_reduce_mean_(tensors) -> None:
         offset += n
 
 
-def average_gradients_(model: nn.Module) -> None:
-    """What DistributedDataParallel does after backward: every gradient becomes the mean over ranks, i.e. the
-    gradient of the mean loss over the global batch (ranks hold equal-size shards)."""
-    all_reduce_mean_([p.grad for p in model.parameters() if p.grad is not None])
+def wrap_ddp(model: nn.Module) -> nn.Module:
+    """``model`` (already on its device) in DistributedDataParallel: backward leaves every gradient averaged over
+    ranks, i.e. the gradient of the mean loss over the global batch (ranks hold equal-size shards)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def average_buffers_(model: nn.Module) -> None:
+    """Mean over ranks of floating-point buffers (BatchNorm running statistics, which each rank updated from its own
+    shard): every rank then evaluates the same network; the running mean equals one process's over the global batch."""
+    all_reduce_mean_([b for b in model.buffers() if b.is_floating_point()])
 
 
 def average_values(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -256,6 +265,7 @@ def evaluate(model: nn.Module, split, batch_size: int, device, description: str 
 
     if not is_active():
         return evaluate_local(model, Batches(split, batch_size), device, description=description)
+    average_buffers_(model)
     part = evaluate_local(model, Batches(shard(split), batch_size), device, description=description)
     n_local = part["n"]
     loss_sum = part["loss"] * n_local if n_local else 0.0
@@ -269,7 +279,7 @@ def evaluate(model: nn.Module, split, batch_size: int, device, description: str 
 
 
 __all__ = [
-    "DEFAULT_TIMEOUT_S", "all_reduce_mean_", "all_reduce_sum", "average_gradients_", "average_values", "barrier",
+    "DEFAULT_TIMEOUT_S", "all_reduce_mean_", "all_reduce_sum", "average_buffers_", "average_values", "barrier",
     "any_rank", "broadcast_parameters_", "check_agree", "evaluate", "gather_objects", "init_from_env", "is_active", "is_main", "launched",
-    "per_rank_batch", "rank", "session", "shard", "shutdown", "world_size",
+    "per_rank_batch", "rank", "session", "shard", "shutdown", "world_size", "wrap_ddp",
 ]

@@ -202,12 +202,7 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False) -> 
         log.info("resuming %s at epoch %d", out, start + 1)
     elif resume:
         log.info("no resume state at %s: starting from scratch", resume_path)
-    stepper = model
-    if distributed.is_active():
-        from torch.nn.parallel import DistributedDataParallel
-
-        stepper = DistributedDataParallel(model, device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
-                                          if device.type == "cuda" else None)
+    stepper = distributed.wrap_ddp(model) if distributed.is_active() else model
 
     t0 = time.time()
     with _Interrupt() as stop:

@@ -17,7 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 GLOBAL_BATCH = 16
-METHODS = {"serene-lb": 0.01, "lobster": 0.01}
+METHODS = {"serene-lb": 0.01, "lobster": 0.01, "serene-exact": 0.01, "serene-ub": 0.01, "serene-local": 0.01}
 
 
 def torchrun(args: list[str], nproc: int = 2, timeout: float = 240, env: dict | None = None):
@@ -79,12 +79,12 @@ def worker(folder: Path) -> None:
             # One step on the first global batch: this rank's interleaved slice (Batches' sharding: r, r+W, …).
             model = load_checkpoint(folder / "base.pt").model
             x, y = data.train.x[:GLOBAL_BATCH][r::w], data.train.y[:GLOBAL_BATCH][r::w]
+            stepper = distributed.wrap_ddp(model) if w > 1 else model
             with Regularizer(model, method, lam, full_masks(model),
                              reduce_fn=distributed.average_values if w > 1 else None) as reg:
                 reg.set_capture(True)
-                logits = model(x)
+                logits = stepper(x)
                 torch.nn.functional.cross_entropy(logits, y).backward(retain_graph=reg.needs_graph)
-                distributed.average_gradients_(model)
                 reg.after_backward(x, logits)
                 step = {"pending": {k: v.clone() for k, v in reg._pending.items()},
                         "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
@@ -98,7 +98,32 @@ def worker(folder: Path) -> None:
             out[method] = {"step": step, "thresholds": res.thresholds, "masks": res.masks, "epochs": res.epochs,
                            "state": {k: v.clone() for k, v in res.model.state_dict().items()},
                            "final_val": res.final_val, "state_written": state.exists()}
+        if w > 1:
+            out["batchnorm"] = _batchnorm_run(folder, tag)
         torch.save(out, folder / f"result-{tag}-rank{r}.pt")
+
+
+def _batchnorm_run(folder: Path, tag: str) -> dict:
+    """tiny-cnn (BatchNorm: per-rank batch statistics, running statistics averaged before evaluation)."""
+    from edgeprune.data import DataBundle
+    from edgeprune.models import create_model
+    from edgeprune.regularize.config import CompressConfig
+    from edgeprune.regularize.loop import serene_
+
+    g = torch.Generator().manual_seed(3)
+    splits = []
+    for n in (64, 33, 20):
+        s = _split(n, g)
+        splits.append(type(s)(torch.nn.functional.interpolate(s.x, size=(8, 8)), s.y))
+    torch.manual_seed(0)
+    model = create_model("tiny-cnn")
+    cfg = CompressConfig(method="serene-lb", lam=0.05, twt=0.5, pwe=1, lr=1.0, max_epochs=6,
+                         batch_size=GLOBAL_BATCH, target_drop=0.5, device="cpu")
+    rows: list[dict] = []
+    res = serene_(model, DataBundle("synthetic", *splits, (1, 8, 8), 3, ""), cfg,
+                  state_path=folder / f"state-{tag}-bn.pt", emit=rows.append)
+    return {"thresholds": res.thresholds, "rows": rows, "state": {k: v.clone() for k, v in res.model.state_dict().items()},
+            "masks": res.masks}
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +186,17 @@ def test_ranks_agree_on_every_threshold_and_only_rank0_writes(compared, method):
     for k in r0[method]["state"]:
         assert torch.equal(r0[method]["state"][k], r1[method]["state"][k])
     assert r0[method]["state_written"] and r1[method]["state_written"]  # the one file rank 0 wrote, seen by both
+
+
+def test_batchnorm_model_stays_identical_across_ranks(compared):
+    _, (r0, r1) = compared
+    a, b = r0["batchnorm"], r1["batchnorm"]
+    assert a["thresholds"] and a["thresholds"] == b["thresholds"]
+    assert any("running_mean" in k for k in a["state"])
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k
+    for k in a["masks"]:
+        assert torch.equal(a["masks"][k], b["masks"][k]), k
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:

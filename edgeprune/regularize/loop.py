@@ -54,13 +54,12 @@ class SereneResult:
 
 
 def regularize_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, reg: Regularizer,
-                     device: torch.device | str = "cpu", description: str = "regularize",
-                     grad_reduce: Callable[[nn.Module], None] | None = None) -> dict:
+                     device: torch.device | str = "cpu", description: str = "regularize") -> dict:
     """One epoch of SGD on cross-entropy with the regularizer's update after each step (SeReNe eq. 15 / 23).
 
     Not :func:`edgeprune.train.train_epoch`: exact and LB differentiate the logits once more after the loss backward,
     which needs the autograd graph kept alive (``retain_graph``); train_epoch's hooks only see it after it is freed.
-    ``grad_reduce(model)`` runs right after backward (data-parallel runs average gradients across ranks there).
+    ``model`` may be a DistributedDataParallel wrapper (its backward averages the gradients across ranks).
     """
     model.train()
     total_loss, correct, n = 0.0, 0, 0
@@ -73,8 +72,6 @@ def regularize_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer
             out = model(x)
             loss = F.cross_entropy(out, y)
             loss.backward(retain_graph=reg.needs_graph)
-            if grad_reduce is not None:
-                grad_reduce(model)
             reg.after_backward(x, out)
             optimizer.step()
             reg.after_step(optimizer)
@@ -180,6 +177,8 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
 
     reg_ctx = Regularizer(model, config.method, config.lam, masks, ng, config.class_chunk,
                           reduce_fn=distributed.average_values if parallel else None)
+    # Data-parallel: DDP averages the gradients in backward; the regularizer's hooks stay on the inner model.
+    stepper = distributed.wrap_ddp(model) if parallel else model
     with reg_ctx as reg:
         while st["done"] is None:
             if st["pending_plateau"]:
@@ -191,9 +190,8 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
                 st["done"] = reason
                 break
             train_b.set_epoch(st["epoch"])
-            tr = regularize_epoch(model, train_b, optimizer, reg, device,
-                                  description=f"epoch {st['epoch'] + 1} (cycle {st['cycle'] + 1})",
-                                  grad_reduce=distributed.average_gradients_ if parallel else None)
+            tr = regularize_epoch(stepper, train_b, optimizer, reg, device,
+                                  description=f"epoch {st['epoch'] + 1} (cycle {st['cycle'] + 1})")
             va = val_eval()
             st["epoch"] += 1
             if va["loss"] < st["best"]["val"]["loss"]:
