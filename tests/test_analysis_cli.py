@@ -136,6 +136,8 @@ def test_analyze_entropy_compare_second_order(setup, capsys):
         assert 0.0 <= row["h1"]["mean"] <= 10.0 and row["pairs"] == "all"
         assert row["h2"]["count"] == row["neurons"] * (row["neurons"] - 1) // 2
         assert row["h2"]["max"] <= 20.0 and row["psp_sq_mean"] > 0
+        alive = row["neurons"] - row["always_off"]
+        assert row["h1_alive"]["count"] == alive and row["h2_alive"]["count"] == alive * (alive - 1) // 2
     for name in ("entropy.json", "entropy.npz", "entropy_order1.png", "entropy_order2.png", "psp_norm.png"):
         assert (out / name).stat().st_size > 0
     import numpy as np

@@ -107,10 +107,18 @@ def layer_summary(le, num_classes: int) -> dict:
            "samples_per_class": le.samples_per_class, "h1": summary_stats(le.h1), "h1_max_possible": num_classes,
            "psp_sq_mean": le.psp_sq_mean, "always_off": int((le.on_fraction == 0).sum()),
            "always_on": int((le.on_fraction == 1).sum())}
+    alive = le.on_fraction > 0
+    # never-on neurons have 0 bits by construction; statistics without them describe the working neurons
+    row["h1_alive"] = summary_stats(le.h1[alive])
     if le.h2 is not None:
         row["h2"] = summary_stats(le.h2)
         row["h2_max_possible"] = 2 * num_classes
         row["pairs"] = "all" if le.pair_index is None else int(le.pair_index.shape[1])
+        if le.pair_index is None:
+            i, j = torch.triu_indices(le.neurons, le.neurons, offset=1)
+        else:
+            i, j = le.pair_index
+        row["h2_alive"] = summary_stats(le.h2[alive[i] & alive[j]])
     return row
 
 
