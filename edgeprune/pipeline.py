@@ -12,6 +12,9 @@ Run folder::
     baseline.pt     the input model (+ meta: test top1_error evaluated here)
     masked.pt       SeReNe's result: same architecture, pruned parameters zero (+ meta)
     compress.json   baseline vs pruned: params, neurons per layer, MACs, top-1 error, compression ratio
+    model.pt        the slim model: dead neurons and filters physically removed (surgery), verified against masked.pt
+    baseline.*, model.*   exports (.onnx, .7z, .ptl, .ort), each validated against its PyTorch model
+    report.json, report.md, plots/   the paper-style report
 """
 
 from __future__ import annotations
@@ -39,6 +42,37 @@ STATE = "state.pt"
 BASELINE = "baseline.pt"
 MASKED = "masked.pt"
 SUMMARY = "compress.json"
+SLIM = "model.pt"
+
+
+EXPORT_FORMATS = ("onnx", "ptl", "ort")
+
+
+@dataclasses.dataclass
+class StageOptions:
+    """What runs after the SeReNe loop. Recorded in manifest.json so that ``--resume`` repeats the same stages."""
+
+    surgery: bool = True
+    round_channels: int | None = None
+    """Keep a few extra (dead, exact) channels so every pruned width is a multiple of this (vectorized kernels)."""
+    export_formats: tuple[str, ...] = EXPORT_FORMATS
+    """Artifacts written for baseline and slim model; empty: no export."""
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        self.export_formats = tuple(self.export_formats)
+        unknown = [f for f in self.export_formats if f not in EXPORT_FORMATS]
+        if unknown:
+            raise ConfigError(f"unknown export format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)} or none")
+        if self.round_channels is not None and self.round_channels < 1:
+            raise ConfigError(f"--round-channels must be at least 1, got {self.round_channels}")
+        if self.round_channels is not None and not self.surgery:
+            raise ConfigError("--round-channels applies to surgery; drop --no-surgery")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageOptions":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
 
 
 @dataclasses.dataclass
@@ -55,6 +89,9 @@ class RunContext:
     baseline: dict = dataclasses.field(default_factory=dict)
     result: object | None = None
     summary: dict = dataclasses.field(default_factory=dict)
+    options: StageOptions = dataclasses.field(default_factory=StageOptions)
+    slim: nn.Module | None = None
+    """The model the later stages ship: the surgered one, or the masked one when surgery is off or impossible."""
     files: dict = dataclasses.field(default_factory=dict)
     """Artifacts written so far, by role: "baseline", "masked", "manifest", "metrics", "summary" (later stages add
     theirs, e.g. "model", "onnx")."""
@@ -123,6 +160,7 @@ def stage_baseline(ctx: RunContext) -> None:
         "format": "edgeprune-run", "version": 1, "command": "compress",
         "model": ctx.model_path, "dataset": ctx.data.name,
         "config": ctx.config.to_dict(), "stages": [name for name, _ in STAGES],
+        "pipeline": dataclasses.asdict(ctx.options),
         "versions": library_versions(),
         "environment": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
                         "torch_threads": torch.get_num_threads(), "device": str(device),
@@ -195,16 +233,92 @@ def _truncate_jsonl(path: Path, rows: int) -> None:
     _io.write_text(path, "".join(lines[:rows]))
 
 
-# The stage order. Later stages (surgery → export → report → bench) append here.
+def stage_surgery(ctx: RunContext) -> None:
+    """Cut the dead neurons and filters out of the masked model into model.pt (exact, verified on real samples)."""
+    from . import distributed
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .errors import SurgeryError
+    from .surgery import surgery
+
+    masked = ctx.result.model.cpu().eval()
+    ctx.slim = masked
+    if not distributed.is_main():
+        return
+    if not ctx.options.surgery:
+        log.info("surgery skipped (--no-surgery): the masked model is exported as is")
+        return
+    shape = tuple(ctx.data.input_shape)
+    try:
+        res = surgery(masked, shape, round_channels=ctx.options.round_channels, probe_batch=ctx.data.val.x[:64])
+    except SurgeryError as exc:
+        # The masked model is still a correct result: ship it and say why it is not smaller.
+        log.warning("surgery not possible, exporting the masked model instead: %s", exc)
+        ctx.summary["surgery"] = {"skipped": str(exc)}
+        _io.write_json(ctx.run_dir / SUMMARY, ctx.summary)
+        return
+    meta = dict(load_checkpoint(ctx.run_dir / MASKED).meta)
+    meta["surgery_report"] = res.report
+    save_checkpoint(ctx.run_dir / SLIM, res.model, meta=meta)
+    ctx.slim = res.model
+    r = res.report
+    ctx.summary["slim"] = {"params_total": r["params_after"], "neurons": r["neurons_after"], "macs": r["macs_after"],
+                           "max_abs_diff": r["verification"]["max_abs_diff"]}
+    _io.write_json(ctx.run_dir / SUMMARY, ctx.summary)
+    ctx.files.update(slim=ctx.run_dir / SLIM)
+    log.info("surgery: neurons %s → %s, params %s → %s, MACs %s → %s (max |Δ| %.2g)", r["neurons_before"],
+             r["neurons_after"], f"{r['params_before']:,}", f"{r['params_after']:,}", f"{r['macs_before']:,}",
+             f"{r['macs_after']:,}", r["verification"]["max_abs_diff"])
+
+
+def stage_export(ctx: RunContext) -> None:
+    """Export baseline and slim model (baseline.* and model.*), each validated against PyTorch on real samples."""
+    from . import distributed
+    from .checkpoint import load_checkpoint
+    from .export import export_all
+
+    formats = ctx.options.export_formats
+    if not formats or not distributed.is_main():
+        return
+    shape = tuple(ctx.data.input_shape)
+    real = ctx.data.test.x[:16]
+    baseline = load_checkpoint(ctx.run_dir / BASELINE).model.eval()
+    exported = {
+        "baseline": export_all(baseline, ctx.run_dir, "baseline", shape, formats, real_batch=real),
+        "model": export_all(ctx.slim, ctx.run_dir, "model", shape, formats, real_batch=real,
+                            baseline_params=ctx.baseline["params_total"]),
+    }
+    ctx.summary["export"] = {stem: {k: v for k, v in e.items() if k.endswith("_bytes") or k == "max_abs_diff"}
+                             for stem, e in exported.items()}
+    _io.write_json(ctx.run_dir / SUMMARY, ctx.summary)
+    for stem, e in exported.items():
+        ctx.files.update({f"{stem}.{fmt}": Path(a["path"]) for fmt, a in e["artifacts"].items()})
+
+
+def stage_report(ctx: RunContext) -> None:
+    """report.json, report.md and plots/ from the run folder (what `edgeprune report RUN` regenerates)."""
+    from . import distributed
+    from .report import write_report
+
+    if not ctx.options.report or not distributed.is_main():
+        return
+    write_report(ctx.run_dir)
+    ctx.files.update(report=ctx.run_dir / "report.md")
+
+
+# The stage order: `edgeprune compress` runs them all; `edgeprune bench RUN` measures the result.
 STAGES: list[tuple[str, Callable[[RunContext], None]]] = [
     ("load", stage_load),
     ("baseline", stage_baseline),
     ("compress", stage_compress),
+    ("surgery", stage_surgery),
+    ("export", stage_export),
+    ("report", stage_report),
 ]
 
 
 def run_compress(model_path: str | os.PathLike | None, out: str | os.PathLike, config: CompressConfig,
-                 resume: bool = False, data=None, on_epoch: Callable[[int], None] | None = None) -> dict:
+                 resume: bool = False, data=None, on_epoch: Callable[[int], None] | None = None,
+                 options: StageOptions | None = None) -> dict:
     """Run every stage of :data:`STAGES` into the run folder ``out``; returns the compress summary."""
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
@@ -212,11 +326,24 @@ def run_compress(model_path: str | os.PathLike | None, out: str | os.PathLike, c
     if not resume and (run_dir / STATE).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(run_dir, config, str(model_path) if model_path is not None else None, resume, data, on_epoch)
+    if options is None:
+        options = stage_options_of_run(run_dir) if resume else StageOptions()
+    ctx = RunContext(run_dir, config, str(model_path) if model_path is not None else None, resume, data, on_epoch,
+                     options=options)
     for name, stage in STAGES:
         log.debug("stage %s", name)
         stage(ctx)
     return ctx.summary
+
+
+def stage_options_of_run(run_dir: str | os.PathLike) -> StageOptions:
+    """The post-loop stage options a run was started with (defaults for runs that recorded none)."""
+    import json
+
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        return StageOptions()
+    return StageOptions.from_dict(json.loads(path.read_text(encoding="utf-8")).get("pipeline") or {})
 
 
 def resume_config(run_dir: str | os.PathLike, **budget) -> CompressConfig:

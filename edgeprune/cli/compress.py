@@ -32,6 +32,9 @@ def compress(
     preset: str = typer.Option(None, help="Paper hyper-parameters: lenet300-mnist, lenet5-mnist, lenet5-fmnist, "
                                           "vgg16-cifar10, resnet32-cifar10, alexnet-cifar100."),
     config: Path = typer.Option(None, "--config", help="A CompressConfig JSON file (options given here override it)."),
+    round_channels: int = typer.Option(None, help="Surgery keeps widths multiples of N (fast vectorized kernels)."),
+    no_surgery: bool = typer.Option(False, "--no-surgery", help="Ship the masked model; do not cut dead neurons out."),
+    formats: str = typer.Option("onnx,ptl,ort", help="Exports of baseline and slim model: any of onnx,ptl,ort, or none."),
     out: Path = typer.Option(None, help="Run folder to write."),
     resume: Path = typer.Option(None, help="Continue the interrupted run in this folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -39,8 +42,11 @@ def compress(
     """Regularize with neuron sensitivity and threshold until the validation accuracy target (SeReNe Alg. 1)."""
     from .. import distributed
     from ..errors import ConfigError
-    from ..pipeline import model_of_run, resume_config, run_compress
+    from ..pipeline import StageOptions, model_of_run, resume_config, run_compress
     from ..regularize.config import make_config
+
+    names = tuple(f.strip() for f in formats.split(",") if f.strip() and f.strip() != "none")
+    options = StageOptions(surgery=not no_surgery, round_channels=round_channels, export_formats=names)
 
     if resume is not None:
         if out is not None and Path(out) != Path(resume):
@@ -60,7 +66,7 @@ def compress(
                           max_epochs=max_epochs, max_minutes=max_minutes, seed=seed, device=device,
                           dataset=dataset, data_dir=str(data_dir) if data_dir else None, exact_vjp=exact_vjp)
         with distributed.session(cfg.device):
-            summary = run_compress(model, out, cfg)
+            summary = run_compress(model, out, cfg, options=options)
             main = distributed.is_main()
         run_dir = out
     if not main:
@@ -81,6 +87,12 @@ def compress(
     table.add_row("neurons", "-".join(f"[{n}]" for n in b["neurons"]), "-".join(f"[{n}]" for n in p["neurons"]))
     table.add_row("MACs", f"{b['macs']:,}", f"{p['macs']:,}")
     table.add_row("top-1 error", f"{b['top1_error']:.2%}", f"{p['top1_error']:.2%}")
+    if "slim" in summary:
+        s = summary["slim"]
+        table.add_row("slim model (surgery)", "", f"{s['params_total']:,} params, MACs {s['macs']:,}")
     print_table(table)
     echo(f"compression ratio {summary['compression_ratio']:.2f}x after {summary['epochs']} epochs, "
-         f"{len(summary['thresholds'])} threshold steps ({summary['stop_reason']}); wrote {run_dir}/masked.pt")
+         f"{len(summary['thresholds'])} threshold steps ({summary['stop_reason']})")
+    written = [n for n in ("masked.pt", "model.pt", "model.onnx", "model.ptl", "model.ort", "report.md")
+               if (Path(run_dir) / n).exists()]
+    echo(f"wrote {run_dir}: {', '.join(written)}")
