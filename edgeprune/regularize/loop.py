@@ -176,7 +176,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
         return None
 
     reg_ctx = Regularizer(model, config.method, config.lam, masks, ng, config.class_chunk,
-                          reduce_fn=distributed.average_values if parallel else None)
+                          reduce_fn=distributed.average_values if parallel else None, exact_vjp=config.exact_vjp)
     # Data-parallel: DDP averages the gradients in backward; the regularizer's hooks stay on the inner model.
     stepper = distributed.wrap_ddp(model) if parallel else model
     with reg_ctx as reg:
@@ -281,8 +281,10 @@ def _load_state(path: Path, device, config: CompressConfig) -> dict:
         raise CheckpointError(f"{path} is not a readable resume state ({str(exc).splitlines()[0][:120]})") from None
     if payload.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a SeReNe resume state")
-    if payload["config"] != config.comparable():
-        diff = sorted(k for k in payload["config"] if payload["config"][k] != config.comparable().get(k))
+    saved, current = payload["config"], config.comparable()
+    defaults = {f.name: f.default for f in dataclasses.fields(CompressConfig)}
+    diff = sorted(k for k in current if saved.get(k, defaults.get(k)) != current[k])  # fields added later: default
+    if diff:
         raise ConfigError(f"the run was started with other options ({', '.join(diff)}); rerun with the same options "
                           "or use a new --out folder")
     st = {k: v for k, v in payload.items() if k not in ("format", "config", "model", "optimizer", "rng")}
