@@ -27,8 +27,8 @@ def _torchrun_cmd(args: list[str], nproc: int = 2) -> list[str]:
             "-m", "edgeprune", *args]
 
 
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "EDGEPRUNE_PROGRESS": "0"}
+def _env(**extra) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "EDGEPRUNE_PROGRESS": "0", **extra}
 
 
 @pytest.fixture(scope="module")
@@ -80,26 +80,34 @@ def _rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
     return None
 
 
-def test_killed_rank_ends_the_job_clearly_and_the_checkpoint_resumes(trained, tmp_path):
+def _compress_then(trained, run: Path, action, **env) -> tuple[subprocess.Popen, str]:
+    """Start a long compress under torchrun, call ``action(rank0_pid, rank1_pid)`` after the first saved epoch,
+    return the finished launcher and its stderr."""
     folder, data, _ = trained
-    run = tmp_path / "run"
     cmd = _torchrun_cmd(["compress", str(folder / "one.pt"), "--data-dir", str(data), "--out", str(run),
                          "--max-epochs", "500", "--pwe", "3", "--batch-size", "20", "--lr", "0.01",
                          "--target-drop", "0.9", "--device", "cpu"])
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
     try:
         deadline = time.monotonic() + 180
         while not (run / "state.pt").exists():
             assert launcher.poll() is None, launcher.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no epoch completed"
             time.sleep(0.1)
-        pid = _rank_pid(launcher, 1)
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        out, err = launcher.communicate(timeout=120)
+        pids = _rank_pid(launcher, 0), _rank_pid(launcher, 1)
+        assert None not in pids
+        action(*pids)
+        _, err = launcher.communicate(timeout=120)
     finally:
         if launcher.poll() is None:
             launcher.kill()
+    return launcher, err
+
+
+def test_killed_rank_ends_the_job_clearly_and_the_checkpoint_resumes(trained, tmp_path):
+    run = tmp_path / "run"
+    launcher, err = _compress_then(trained, run, lambda r0, r1: os.kill(r1, signal.SIGKILL))
     assert launcher.returncode != 0
     assert "another process of this torchrun job failed or stopped responding" in err  # rank 0's one line
     assert "rank      : 1" in err and "SIGKILL" in err  # torchrun's report names the killed rank
@@ -114,6 +122,30 @@ def test_killed_rank_ends_the_job_clearly_and_the_checkpoint_resumes(trained, tm
     finally:
         torch.set_num_threads(n)
     assert load_checkpoint(run / "masked.pt").meta["compress"]["epochs"] == saved["epoch"] + 1
+
+
+def test_hung_rank_times_out_with_the_same_message(trained, tmp_path):
+    """A rank that stops responding (SIGSTOP) fails the others' next collective after EDGEPRUNE_DIST_TIMEOUT."""
+
+    def hang(r0: int, r1: int) -> None:
+        os.kill(r1, signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{r0}").exists() and "Z" not in _state(r0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(r1, signal.SIGCONT)  # let torchrun's SIGTERM reach it instead of waiting out its kill grace
+
+    launcher, err = _compress_then(trained, tmp_path / "run", hang, EDGEPRUNE_DIST_TIMEOUT="3")
+    assert launcher.returncode != 0
+    assert "rank 0/2: another process of this torchrun job failed or stopped responding" in err
+    assert "Timed out" in err  # the bounded process-group timeout, not a closed connection
+    torch.load(tmp_path / "run" / "state.pt", map_location="cpu", weights_only=True)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
 
 
 def test_batch_size_must_split_evenly_across_ranks(trained, tmp_path):
