@@ -56,22 +56,28 @@ def init_from_env(device: str = "auto") -> bool:
     """Join the process group described by torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT):
     NCCL when the run uses CUDA, else Gloo. Ranks > 0 log warnings only and show no progress bars.
 
-    Returns False (and does nothing) when not launched with several processes.
+    Returns whether it started a group: False (doing nothing) when not launched with several processes or when a
+    group already exists (its owner tears it down).
     """
     import torch.distributed as dist
 
     if not launched() or is_active():
-        return is_active()
+        return False
     if not dist.is_available():
         raise ConfigError("this PyTorch build has no torch.distributed; run with one process")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
+        if ":" in device:
+            raise ConfigError(f"under torchrun give --device cuda (rank r takes cuda:LOCAL_RANK), not {device}")
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs here; "
                               "lower --nproc_per_node")
         torch.cuda.set_device(local_rank)  # "cuda" then means this rank's GPU
-    timeout = float(os.environ.get("EDGEPRUNE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    try:
+        timeout = float(os.environ.get("EDGEPRUNE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    except ValueError:
+        raise ConfigError("EDGEPRUNE_DIST_TIMEOUT must be a number of seconds") from None
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout))
     if dist.get_rank() > 0:
         logging.getLogger("edgeprune").setLevel(logging.WARNING)
@@ -161,16 +167,21 @@ def all_reduce_mean_(tensors) -> None:
 
 def wrap_ddp(model: nn.Module) -> nn.Module:
     """``model`` (already on its device) in DistributedDataParallel: backward leaves every gradient averaged over
-    ranks, i.e. the gradient of the mean loss over the global batch (ranks hold equal-size shards)."""
+    ranks, i.e. the gradient of the mean loss over the global batch (ranks hold equal-size shards).
+
+    Buffers are not broadcast from rank 0 at every forward: each rank keeps its own BatchNorm running statistics
+    and :func:`average_buffers_` averages them before evaluation (the average of the ranks' running means is the
+    running mean of the global-batch means, which rank 0's alone is not)."""
     from torch.nn.parallel import DistributedDataParallel
 
     device = next(model.parameters()).device
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
 
 
 def average_buffers_(model: nn.Module) -> None:
     """Mean over ranks of floating-point buffers (BatchNorm running statistics, which each rank updated from its own
-    shard): every rank then evaluates the same network; the running mean equals one process's over the global batch."""
+    shard): every rank then evaluates (and rank 0 saves) the same network."""
     all_reduce_mean_([b for b in model.buffers() if b.is_floating_point()])
 
 

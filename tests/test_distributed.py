@@ -199,6 +199,31 @@ def test_batchnorm_model_stays_identical_across_ranks(compared):
         assert torch.equal(a["masks"][k], b["masks"][k]), k
 
 
+
+def test_one_process_helpers_are_the_identity_and_bad_launch_options_are_one_line(monkeypatch):
+    from edgeprune import distributed
+    from edgeprune.data import Batches
+    from edgeprune.errors import ConfigError
+    from edgeprune.models import create_model
+    from edgeprune.train import evaluate
+
+    assert not distributed.is_active() and distributed.is_main() and distributed.world_size() == 1
+    split = _split(37, torch.Generator().manual_seed(2))
+    model = create_model("tiny-mlp")
+    assert distributed.evaluate(model, split, 10, "cpu") == evaluate(model, Batches(split, 10), "cpu")
+    values = {"a": torch.ones(3)}
+    assert distributed.average_values(values) is values
+    assert distributed.per_rank_batch(7) == 7 and distributed.shard(split) is split
+    with distributed.session("cpu") as started:
+        assert not started  # not launched: no process group
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="--device cuda"):
+        distributed.init_from_env("cuda:1")
+    monkeypatch.setenv("EDGEPRUNE_DIST_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="EDGEPRUNE_DIST_TIMEOUT"):
+        distributed.init_from_env("cpu")
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
     sys.path.insert(0, str(ROOT))
     worker(Path(sys.argv[2]))
