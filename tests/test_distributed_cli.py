@@ -3,6 +3,7 @@ over the same global batches; a rank killed mid-run ends the job with a clear me
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -138,7 +139,14 @@ def test_hung_rank_times_out_with_the_same_message(trained, tmp_path):
     assert launcher.returncode != 0
     assert "rank 0/2: another process of this torchrun job failed or stopped responding" in err
     assert "Timed out" in err  # the bounded process-group timeout, not a closed connection
-    torch.load(tmp_path / "run" / "state.pt", map_location="cpu", weights_only=True)
+    saved = torch.load(tmp_path / "run" / "state.pt", map_location="cpu", weights_only=True)
+    # Every rank of a new torchrun job loads the same state and continues.
+    proc = subprocess.run(_torchrun_cmd(["compress", "--resume", str(tmp_path / "run"), "--max-epochs",
+                                         str(saved["epoch"] + 1), "--json"]),
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["epochs"] == saved["epoch"] + 1  # one JSON document: rank 0 alone prints
+    assert load_checkpoint(tmp_path / "run" / "masked.pt").meta["compress"]["epochs"] == saved["epoch"] + 1
 
 
 def _state(pid: int) -> str:
