@@ -50,7 +50,8 @@ def test_one_line_errors(run_dir, tmp_path, capsys):
     assert "does not accept input of shape (1, 3, 32, 32)" in err and "--input-shape" in err
     (tmp_path / "m.tflite").write_bytes(b"TFL3")
     assert "unsupported model format '.tflite'" in _error_line(capsys, ["bench", str(tmp_path / "m.tflite")])
-    assert "--device adb" in _error_line(capsys, ["bench", str(run_dir / "model.onnx"), "--device", "adb"])
+    # No --serial means USB; without the usb extra the line says how to install it or use Wi-Fi.
+    assert "--serial" in _error_line(capsys, ["bench", str(run_dir / "model.onnx"), "--device", "adb"])
     assert "--runtime" in _error_line(capsys, ["bench", str(run_dir / "model.onnx"), "--runtime", "tflite"])
     assert "--runs" in _error_line(capsys, ["bench", str(run_dir / "model.onnx"), "--runs", "0"])
     assert "--input-shape" in _error_line(capsys, ["bench", str(run_dir / "model.onnx"), "--input-shape", "a,b"])

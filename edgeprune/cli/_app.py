@@ -57,6 +57,21 @@ def print_table(table) -> None:
     Console().print(table)
 
 
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``--input-shape`` as a tuple of positive integers (``"3,32,32"`` → ``(3, 32, 32)``); None when not given."""
+    from ..errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape must be comma-separated integers like 3,32,32, got {text!r}") from None
+    if not shape or any(v < 1 for v in shape):
+        raise ConfigError(f"--input-shape must be positive integers like 3,32,32, got {text!r}")
+    return shape
+
+
 def debug_enabled() -> bool:
     return os.environ.get("EDGEPRUNE_DEBUG", "") not in ("", "0")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ._app import app, echo
+from ._app import app, echo, parse_shape
 
 LOCAL_DEVICES = ("cpu", "cuda")
 DEVICES = LOCAL_DEVICES + ("adb",)
@@ -62,20 +62,6 @@ class BenchConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ConfigError(f"--warmup must be 0 or more, got {self.warmup}")
-
-
-def parse_shape(text: str | None) -> tuple[int, ...] | None:
-    from ..errors import ConfigError
-
-    if not text:
-        return None
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--input-shape must be comma-separated integers like 3,32,32, got {text!r}") from None
-    if not shape or any(v < 1 for v in shape):
-        raise ConfigError(f"--input-shape must be positive integers like 3,32,32, got {text!r}")
-    return shape
 
 
 def _sources(cfg: BenchConfig):

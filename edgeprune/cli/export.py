@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from ._app import app, echo, print_table
+from ._app import app, echo, parse_shape, print_table
 
 
 @dataclasses.dataclass
@@ -41,18 +41,6 @@ class ExportConfig:
             raise ConfigError(f"--name must be a plain file stem like 'model', got {self.stem!r}")
         if not isinstance(self.real_samples, int) or self.real_samples < 0:
             raise ConfigError(f"--real-samples must be a non-negative integer, got {self.real_samples!r}")
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    from ..errors import ConfigError
-
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--input-shape must be comma-separated integers like 3,32,32, got {text!r}") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise ConfigError(f"--input-shape must be positive integers like 3,32,32, got {text!r}")
-    return shape
 
 
 def _real_batch(meta: dict, n: int):

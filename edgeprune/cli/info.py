@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ._app import app, echo, print_table
+from ._app import app, echo, parse_shape, print_table
 
 
 def load_model_arg(path_or_arch: str, arch: str | None, trust_pickle: bool):
@@ -61,10 +61,7 @@ def info(
         raise ConfigError("give a checkpoint or architecture name (or --list)")
     net, shape, meta = load_model_arg(model, arch, trust_pickle)
     if input_shape:
-        try:
-            shape = tuple(int(v) for v in input_shape.split(","))
-        except ValueError:
-            raise ConfigError(f"--input-shape must be comma-separated integers like 3,32,32, got {input_shape!r}") from None
+        shape = parse_shape(input_shape)
     if shape is None:
         raise ConfigError("cannot tell the model's input shape; pass --input-shape C,H,W")
     try:
