@@ -39,3 +39,14 @@ def _seed():
     import torch
 
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors on 2 shared cores: one intra-op thread is faster than several fighting ones."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,12 +12,7 @@ from edgeprune.analysis.masks import apply_masks_, magnitude_masks
 from edgeprune.models import create_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(arch: str, sparsity: float, shape):

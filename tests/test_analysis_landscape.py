@@ -13,12 +13,7 @@ from edgeprune.models import create_model
 from edgeprune.train import evaluate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _two_solutions(arch="tiny-cnn"):

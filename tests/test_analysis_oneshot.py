@@ -14,12 +14,7 @@ from edgeprune.data import Batches, TensorSplit
 from edgeprune.models import create_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained_and_init(arch="tiny-cnn"):

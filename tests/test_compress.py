@@ -15,13 +15,7 @@ from edgeprune.pipeline import run_compress
 from edgeprune.regularize.config import PRESETS, CompressConfig, make_config
 from edgeprune.train import train_epoch
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than several on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

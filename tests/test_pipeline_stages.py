@@ -11,7 +11,9 @@ import torch
 from edgeprune.checkpoint import load_checkpoint
 from edgeprune.errors import ConfigError
 from edgeprune.pipeline import StageOptions, run_compress
-from test_compress import _config, _one_thread, setup  # noqa: F401  (fixtures)
+from test_compress import _config, setup  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _outputs(model, x):

@@ -12,13 +12,7 @@ from edgeprune.regularize import find_neurons
 from edgeprune.regularize.update import Regularizer, insensitivity, lobster_update_, serene_update_
 from edgeprune.threshold import full_masks, magnitude_masks, pin_
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than several on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

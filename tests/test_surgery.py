@@ -19,12 +19,7 @@ from edgeprune.surgery.verify import verify
 BNS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- chains: every producer feeds the next one; sizes follow in closed form --------------------------------------

@@ -14,12 +14,7 @@ from edgeprune.surgery import surgery, surgery_checkpoint
 from edgeprune.surgery.synthetic import kill_random_channels, randomize_bn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def masked_model(name, shape, seed=0, constant_fraction=0.5):
