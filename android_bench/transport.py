@@ -59,7 +59,10 @@ def ensure_adb_key(path: pathlib.Path | None = None) -> pathlib.Path:
     os.chmod(path, 0o600)
     keygen(str(path))
     os.chmod(path, 0o600)
-    log.info("created a new adb key at %s; the device will ask to allow it", path)
+    # A notice for people, not a diagnostic: front ends show records marked ``notice`` with their normal output
+    # (the edgeprune CLI prints them on stdout, keeping stderr for the one-line error contract).
+    log.info("created a new adb key at %s; the phone will ask 'Allow USB debugging?' for it: tap Allow", path,
+             extra={"notice": True})
     return path
 
 
@@ -182,6 +185,7 @@ class AdbConnection:
         from adb_shell import exceptions as adbx
 
         self.close()
+        device = self._new_device()  # first: a missing USB extra must not leave a new key behind
         key = ensure_adb_key(self.key_path)
         signer = _make_signer(key)
         prompted = {"shown": False}
@@ -190,7 +194,6 @@ class AdbConnection:
             prompted["shown"] = True
             log.warning("accept the 'Allow USB debugging' prompt on the device %s", self.serial or "")
 
-        device = self._new_device()
         where = self.serial or "USB"
         try:
             device.connect(

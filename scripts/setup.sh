@@ -26,6 +26,8 @@ apt_install() {
 }
 
 apt_install dataset-fashion-mnist ${EDGEPRUNE_EXTRA_APT:-adb qemu-user-static gcc-aarch64-linux-gnu libc6-dev-arm64-cross p7zip-full}
+# The runner build fetches ONNX Runtime's C headers once with `npm pack` (many images ship npm; Debian has it too).
+command -v npm >/dev/null || apt_install npm
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -149,27 +149,9 @@ def test_schedule_interleaves_models_round_by_round():
     assert schedule(3, 1) == [(0, 0), (0, 1), (0, 2)]
 
 
-def _native_ort_c_bundle():
-    """The x86_64 ort-c runner bundle if one is cached (building it needs downloads, so it is never built here)."""
-    import os
-    import pathlib
-    import pwd
-
-    home = pathlib.Path(pwd.getpwuid(os.getuid()).pw_dir)  # the real home: tests point HOME elsewhere
-    root = os.environ.get("EDGEPRUNE_RUNNER_CACHE") or home / ".cache/edgeprune/runner"
-    try:
-        from android_bench.runner_build import default_ort_version
-
-        bundle = pathlib.Path(root) / f"{default_ort_version()}-x86_64"
-    except Exception:
-        return None
-    return bundle if (bundle / "run.sh").is_file() and (bundle / "edgeprune_ort_runner").is_file() else None
-
-
-@pytest.mark.skipif(_native_ort_c_bundle() is None, reason="no cached x86_64 ort-c runner bundle")
-def test_ort_c_runner_bundle_through_the_harness(device, onnx_models):
+def test_ort_c_runner_bundle_through_the_harness(device, onnx_models, native_ort_c_bundle):
     """The C runner's interface (nested files, its command, its parser) works through the same protocol."""
-    bundle = _native_ort_c_bundle()
+    bundle = native_ort_c_bundle
     result = run_benchmark([onnx_models["slim"]], device.serial, runner=f"ort-c:{bundle}", runs=100, warmup=2,
                            cooldown_seconds=1, keep=True, progress=False)
     res = result["results"][0]

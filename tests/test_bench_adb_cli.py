@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import pwd
 import shutil
 import subprocess
 import sys
@@ -69,15 +68,11 @@ def test_bench_device_adb_errors_are_one_line(make_device, onnx_models, tmp_path
     assert "apply to --device adb only" in capsys.readouterr().err
 
 
-def _real_home() -> pathlib.Path:
-    return pathlib.Path(pwd.getpwuid(os.getuid()).pw_dir)
-
-
 @pytest.fixture(scope="module")
 def arm64_bundle():
     from android_bench.runner_build import RunnerBuildError, build_bundle
 
-    cache = pathlib.Path(os.environ.get("EDGEPRUNE_RUNNER_CACHE") or _real_home() / ".cache/edgeprune/runner")
+    cache = pathlib.Path(os.environ["EDGEPRUNE_RUNNER_CACHE"])  # set for the whole run by conftest.py
     try:
         return build_bundle("arm64", cache)
     except RunnerBuildError as exc:

@@ -37,7 +37,7 @@ CPU revision\t: 1
 
 
 def _cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("EDGEPRUNE_RUNNER_CACHE") or pathlib.Path.home() / ".cache/edgeprune/runner")
+    return pathlib.Path(os.environ["EDGEPRUNE_RUNNER_CACHE"])  # set for the whole run by conftest.py
 
 
 def _make_model(path: pathlib.Path) -> pathlib.Path:

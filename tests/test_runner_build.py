@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux" or os.uname().machine !=
 
 
 def _cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("EDGEPRUNE_RUNNER_CACHE") or pathlib.Path.home() / ".cache/edgeprune/runner")
+    return pathlib.Path(os.environ["EDGEPRUNE_RUNNER_CACHE"])  # set for the whole run by conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux" or os.uname().machine !=
 
 @pytest.fixture(scope="module")
 def native_bundle() -> pathlib.Path:
-    cache = pathlib.Path(os.environ.get("EDGEPRUNE_RUNNER_CACHE") or pathlib.Path.home() / ".cache/edgeprune/runner")
+    cache = pathlib.Path(os.environ["EDGEPRUNE_RUNNER_CACHE"])  # set for the whole run by conftest.py
     return build_bundle("x86_64", cache)
 
 

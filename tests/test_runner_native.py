@@ -22,8 +22,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux" or os.uname().machine !=
 
 
 def _cache_dir() -> pathlib.Path:
-    # Deliberately outside the per-test XDG cache: the bundle is reused across test sessions.
-    return pathlib.Path(os.environ.get("EDGEPRUNE_RUNNER_CACHE") or pathlib.Path.home() / ".cache/edgeprune/runner")
+    return pathlib.Path(os.environ["EDGEPRUNE_RUNNER_CACHE"])  # set for the whole run by conftest.py
 
 
 def make_cnn(path: pathlib.Path, *, channels=8, hw=8, batch="N", seed=0, input_type=None) -> pathlib.Path:

@@ -39,11 +39,28 @@ def setup_logging(level: int = logging.INFO) -> None:
         root.removeHandler(h)
     handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: not _is_notice(record))
     root.addHandler(handler)
     root.setLevel(level)
     bench_log = logging.getLogger("android_bench")
-    bench_log.handlers = root.handlers[:]
+    bench_log.handlers = root.handlers[:] + [_NoticeHandler()]
     bench_log.setLevel(level)
+
+
+def _is_notice(record: logging.LogRecord) -> bool:
+    return bool(getattr(record, "notice", False))
+
+
+class _NoticeHandler(logging.Handler):
+    """Library records marked ``notice`` (e.g. "created a new adb key: the phone will ask") are part of what the
+    command tells the user, so they go to stdout: stderr keeps the one-line error contract."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.addFilter(_is_notice)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"note: {record.getMessage()}")
 
 
 def echo(text: str = "") -> None:
