@@ -17,9 +17,10 @@ def _isolate_home() -> Path:
     imported: the suite must never read or write the real home (an adb key, a cached runner bundle or dataset left
     there by an earlier run would make results depend on the machine's history).
 
-    The ort-c runner bundle cache is the one exception, and only when asked for explicitly: with
-    ``$EDGEPRUNE_RUNNER_CACHE`` set (``scripts/test.sh`` sets it to the checkout's ``.cache/runner``) bundles are
-    built once and reused across runs; unset, they are built into this run's folder.
+    The ort-c runner bundle cache is the one thing shared between runs, and it is named explicitly:
+    ``$EDGEPRUNE_RUNNER_CACHE``, by default the checkout's own ``.cache/runner`` (gitignored; what scripts/test.sh
+    uses too). The suite builds the bundles there on first use; they are keyed by the runner's source hash and the
+    ORT version, so a stale one is rebuilt, never reused.
     """
     root = Path(tempfile.mkdtemp(prefix="edgeprune-tests-"))
     home = root / "home"
@@ -33,7 +34,7 @@ def _isolate_home() -> Path:
     for var in ("ANDROID_SERIAL", "ANDROID_ADB_SERVER_ADDRESS", "ANDROID_ADB_SERVER_PORT", "ADB_VENDOR_KEYS",
                 "EDGEPRUNE_DATA"):
         os.environ.pop(var, None)
-    os.environ.setdefault("EDGEPRUNE_RUNNER_CACHE", str(root / "runner-cache"))
+    os.environ.setdefault("EDGEPRUNE_RUNNER_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "runner"))
     return root
 
 
