@@ -12,6 +12,7 @@ from edgeprune.models import create_model, get_entry, input_shape_of, list_model
 EXPECTED_PARAMS = {
     "lenet300": 266_610,
     "lenet5": 431_080,
+    "resnet20-cifar": 272_474,  # 0.27 M + 2,752 for the two 1x1 projection shortcuts
     "resnet32-cifar": 466_906,  # 0.46 M + 2,752 for the two 1x1 projection shortcuts
     "vgg16-cifar": 14_728_266,
     "vgg16-cifar-fc2": 14_990_922,
@@ -56,6 +57,18 @@ def test_resnet32_has_15_blocks():
     from edgeprune.models.resnet_cifar import BasicBlock
 
     assert sum(isinstance(m, BasicBlock) for m in create_model("resnet32-cifar").modules()) == 15
+
+
+def test_resnet20_blocks_and_width():
+    from edgeprune.models.resnet_cifar import BasicBlock
+
+    model = create_model("resnet20-cifar", in_channels=1, width=8)
+    assert sum(isinstance(m, BasicBlock) for m in model.modules()) == 9
+    convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert (min(convs), max(convs)) == (8, 32)
+    assert model(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+    with pytest.raises(ModelError, match="width"):
+        create_model("resnet20-cifar", width=0)
 
 
 def test_num_classes_honoured():

@@ -1,13 +1,15 @@
-"""ResNet-32 for CIFAR (He et al. 2016): 3 stages x 5 basic blocks with 16/32/64 channels.
+"""ResNet-20 and ResNet-32 for CIFAR (He et al. 2016): 3 stages x 3 or 5 basic blocks with 16/32/64 channels.
 
 Downsampling shortcuts are 1x1 conv + BN projections (option B) rather than zero-padding (option A): they add 2,752
-parameters (0.467 M in all) and keep every channel a real, prunable tensor, which structural surgery and ONNX need.
+parameters (ResNet-32: 0.467 M in all; ResNet-20: 0.272 M) and keep every channel a real, prunable tensor, which
+structural surgery and ONNX need.
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
 
+from ..errors import ModelError
 from ._registry import register_model
 
 
@@ -59,3 +61,12 @@ class CifarResNet(nn.Module):
 @register_model("resnet32-cifar", input_shape=(3, 32, 32), num_classes=10, description="ResNet-32 for CIFAR (16/32/64)")
 def resnet32_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return CifarResNet(32, num_classes, in_channels)
+
+
+@register_model("resnet20-cifar", input_shape=(3, 32, 32), num_classes=10,
+                description="ResNet-20 for CIFAR (16/32/64; width scales all three stages)")
+def resnet20_cifar(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> nn.Module:
+    """``width``: channels of the first stage; the others are 2x and 4x it (16 gives the paper's 16/32/64)."""
+    if width < 1:
+        raise ModelError(f"resnet20-cifar: width must be at least 1, got {width}")
+    return CifarResNet(20, num_classes, in_channels, widths=(width, 2 * width, 4 * width))
