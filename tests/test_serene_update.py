@@ -98,3 +98,41 @@ def test_regularizer_reduces_loss_free_parameters_only_by_penalty():
         f = 1 - 0.5 * insensitivity(s[layer])
         torch.testing.assert_close(dict(model.named_parameters())[f"{layer}.weight"].detach(),
                                    before[f"{layer}.weight"] * f[:, None])
+
+
+@pytest.mark.parametrize("how", ["mean", "sum"])
+@pytest.mark.parametrize("kind", ["exact", "lb", "ub", "local"])
+def test_regularizer_uses_the_configured_conv_sensitivity(kind, how):
+    """The S the update applies is neuron_sensitivity's with the same spatial rule (conv layers of tiny-cnn)."""
+    from edgeprune.regularize import neuron_sensitivity
+
+    torch.manual_seed(0)
+    model = create_model("tiny-cnn").double().eval()  # eval: the batch's BN statistics do not move between calls
+    x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,))
+    expected = neuron_sensitivity(model, x, kind, conv_sensitivity=how)
+    with Regularizer(model, f"serene-{kind}", 0.1, full_masks(model), conv_sensitivity=how) as reg:
+        out = model(x)
+        F.cross_entropy(out, y).backward(retain_graph=reg.needs_graph)
+        reg.after_backward(x, out)
+        got = dict(reg._pending)
+    assert set(got) == set(expected)
+    for layer in expected:
+        torch.testing.assert_close(got[layer], expected[layer])
+
+
+def test_conv_sensitivity_config_field():
+    from edgeprune.errors import ConfigError
+    from edgeprune.regularize.config import CompressConfig
+
+    assert CompressConfig().conv_sensitivity == "mean"
+    assert CompressConfig(conv_sensitivity="sum").conv_sensitivity == "sum"
+    with pytest.raises(ValueError, match="--conv-sensitivity"):
+        CompressConfig(conv_sensitivity="max")
+    with pytest.raises(ConfigError):
+        Regularizer(create_model("tiny-cnn"), "serene-ub", 0.1, {}, conv_sensitivity="max")
+    # A config file written before the field existed loads with the default.
+    data = CompressConfig().to_dict()
+    del data["conv_sensitivity"]
+    assert CompressConfig.from_dict(data).conv_sensitivity == "mean"
+

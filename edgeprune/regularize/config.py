@@ -46,6 +46,9 @@ class CompressConfig:
     exact_vjp: str = "vectorized"
     """How exact sensitivity runs its C products: "vectorized" (one batched VJP per chunk) or "loop" (one by one;
     faster on CPU for conv nets, see docs/serene.md)."""
+    conv_sensitivity: str = "mean"
+    """How a conv filter's sensitivity aggregates its spatial positions: "mean" (the paper's reference code) or "sum"
+    (edgeprune's earlier rule; grows with the feature-map size), see docs/serene.md."""
     preset: str | None = None
 
     def __post_init__(self) -> None:
@@ -69,6 +72,8 @@ class CompressConfig:
             (0 < self.val_fraction < 1, f"validation fraction must be in (0, 1), got {self.val_fraction}"),
             (self.class_chunk >= 1, f"class chunk must be at least 1, got {self.class_chunk}"),
             (self.exact_vjp in ("vectorized", "loop"), f"--exact-vjp must be vectorized or loop, got {self.exact_vjp!r}"),
+            (self.conv_sensitivity in ("mean", "sum"),
+             f"--conv-sensitivity must be mean or sum, got {self.conv_sensitivity!r}"),
         ]
         for ok, message in checks:
             if not ok:

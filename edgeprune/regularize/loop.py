@@ -176,7 +176,8 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
         return None
 
     reg_ctx = Regularizer(model, config.method, config.lam, masks, ng, config.class_chunk,
-                          reduce_fn=distributed.average_values if parallel else None, exact_vjp=config.exact_vjp)
+                          reduce_fn=distributed.average_values if parallel else None, exact_vjp=config.exact_vjp,
+                          conv_sensitivity=config.conv_sensitivity)
     # Data-parallel: DDP averages the gradients in backward; the regularizer's hooks stay on the inner model.
     stepper = distributed.wrap_ddp(model) if parallel else model
     with reg_ctx as reg:

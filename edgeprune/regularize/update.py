@@ -17,7 +17,9 @@ from ..errors import ConfigError
 from ..threshold.masks import Masks, pin_, zero_pinned_grads_
 from .neurons import NeuronGraph, NeuronLayer, find_neurons
 from .sensitivity import (
+    CONV_SENSITIVITY,
     DEFAULT_CLASS_CHUNK,
+    DEFAULT_CONV_SENSITIVITY,
     PspCapture,
     local_from_capture,
     per_sample_from_deltas,
@@ -63,18 +65,23 @@ class Regularizer:
     """The per-step hooks of one method inside the training loop (see :func:`edgeprune.regularize.loop`)."""
 
     def __init__(self, model: nn.Module, method: str, lam: float, masks: Masks, ng: NeuronGraph | None = None,
-                 class_chunk: int = DEFAULT_CLASS_CHUNK, reduce_fn=None, exact_vjp: str = "vectorized"):
-        """``exact_vjp``: "vectorized" or "loop" (see :func:`per_sample_from_deltas`).
+                 class_chunk: int = DEFAULT_CLASS_CHUNK, reduce_fn=None, exact_vjp: str = "vectorized",
+                 conv_sensitivity: str = DEFAULT_CONV_SENSITIVITY):
+        """``exact_vjp``: "vectorized" or "loop" (see :func:`per_sample_from_deltas`). ``conv_sensitivity``: "mean"
+        or "sum" over a conv filter's positions (:mod:`edgeprune.regularize.sensitivity`).
         ``reduce_fn(values) -> values`` averages per-neuron sensitivities across data-parallel ranks (None: one
         process); LOBSTER needs none, its gradients are averaged before :meth:`after_backward`."""
         if method not in UPDATE_METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(UPDATE_METHODS)}")
+        if conv_sensitivity not in CONV_SENSITIVITY:
+            raise ConfigError(f"conv sensitivity must be one of {', '.join(CONV_SENSITIVITY)}, got {conv_sensitivity!r}")
         self.model = model
         self.method = method
         self.lam = float(lam)
         self.masks = masks
         self.class_chunk = class_chunk
         self.vectorized = exact_vjp != "loop"
+        self.conv_sensitivity = conv_sensitivity
         self.reduce_fn = reduce_fn
         self.kind = method.removeprefix("serene-") if method.startswith("serene-") else None
         self.ng = ng if ng is not None or self.kind is None else find_neurons(model)
@@ -89,7 +96,7 @@ class Regularizer:
 
     def __enter__(self) -> "Regularizer":
         if self.kind in ("exact", "lb", "local") and self.lam > 0:
-            self.capture = PspCapture(self.ng, self.layers, inject=self.kind != "local", keep_psp=self.kind == "local")
+            self.capture = PspCapture(self.ng, self.layers, inject=self.kind != "local", local=self.kind == "local")
             self.capture.__enter__()
         return self
 
@@ -110,10 +117,10 @@ class Regularizer:
             if self.kind in ("exact", "lb"):
                 deltas = [self.capture.deltas[nl.name] for nl in self.layers]
                 vals = per_sample_from_deltas(logits, deltas, self.kind, self.class_chunk, retain_graph=False,
-                                              vectorized=self.vectorized)
+                                              vectorized=self.vectorized, conv_sensitivity=self.conv_sensitivity)
                 self._pending = {nl.name: v.mean(0) for nl, v in zip(self.layers, vals)}
             elif self.kind == "ub":
-                vals = upper_bound_per_sample(self.ng, x.detach(), self.layers)
+                vals = upper_bound_per_sample(self.ng, x.detach(), self.layers, self.conv_sensitivity)
                 self._pending = {nl.name: v.mean(0) for nl, v in zip(self.layers, vals)}
             elif self.kind == "local":
                 self._pending = {nl.name: local_from_capture(nl, self.capture) for nl in self.layers}
