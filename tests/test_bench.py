@@ -127,7 +127,7 @@ def test_bench_every_runtime(files, runtime, ext):
     sources = [ModelSource(files["dense"][ext], label="dense", role="baseline"),
                ModelSource(files["slim"][ext], label="slim")]
     res = bench_models(sources, runtime=runtime, runs=RUNS, warmup=WARMUP, threads=1, batch_size=1,
-                       input_shape=None, block_size=BLOCK, seed=0, progress=False)
+                       input_shape=None, block_size=BLOCK, seed=0, progress=False, warmup_seconds=0.0)
     assert torch.get_num_threads() == threads_before  # fixed for the run, restored after
     assert not res.interrupted
     assert [m.label for m in res.models] == ["dense", "slim"]
@@ -142,6 +142,14 @@ def test_bench_every_runtime(files, runtime, ext):
     assert sp["mean"] == pytest.approx(dense.mean() / slim.mean())
     assert sp["ci95"]["median"][0] <= sp["median"] <= sp["ci95"]["median"][1]
     assert sp["ci95"]["mean"][0] <= sp["mean"] <= sp["ci95"]["mean"][1]
+    # Four dense/slim block pairs: the interval resamples blocks, and the JSON says so.
+    assert sp["interval_unit"] == "block" and sp["block_pairs"] == RUNS // BLOCK and sp["unpaired_blocks"] == 0
+    d = res.to_dict()
+    for m, rec in zip(res.models, d["models"]):
+        assert rec["block_counts"] == [BLOCK] * (RUNS // BLOCK)
+        assert rec["block_medians_ms"] == pytest.approx(
+            [np.median(m.samples_ms[i:i + BLOCK]) for i in range(0, RUNS, BLOCK)])
+        assert rec["warmup_runs"] == WARMUP and rec["warmup_seconds"] == 0.0
     assert res.device["threads"] == 1 and res.device["runtime"] == runtime
 
 
@@ -197,7 +205,7 @@ def test_interrupt_keeps_measured_samples():
                                     input_shape=(1, 8, 8)),
                         ModelSource(module=slim, label="slim", input_shape=(1, 8, 8))],
                        runtime="torch", runs=100, warmup=2, threads=1, batch_size=1, input_shape=None,
-                       block_size=10, seed=0, progress=False)
+                       block_size=10, seed=0, progress=False, warmup_seconds=0.0)
     assert res.interrupted and res.to_dict()["interrupted"] is True
     assert [len(m.samples_ms) for m in res.models] == [30, 24]
     assert res.block_order[-1] == {"model": 1, "label": "slim", "start": 20, "count": 4}
@@ -206,6 +214,9 @@ def test_interrupt_keeps_measured_samples():
         assert_stats_match(m.stats, m.samples_ms)
     assert res.speedup["median"] == pytest.approx(np.median(res.models[0].samples_ms) /
                                                   np.median(res.models[1].samples_ms))
+    # The interrupted slim block still pairs with the dense block before it.
+    assert [m.block_counts for m in res.models] == [[10, 10, 10], [10, 10, 4]]
+    assert res.speedup["interval_unit"] == "block" and res.speedup["block_pairs"] == 3
 
 
 # ---------------------------------------------------------------- outputs

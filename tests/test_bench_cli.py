@@ -17,7 +17,7 @@ from edgeprune.checkpoint import save_checkpoint
 from edgeprune.cli import main
 from edgeprune.models import create_model
 
-FAST = ["--runs", "20", "--warmup", "2", "--block-size", "5"]
+FAST = ["--runs", "20", "--warmup", "2", "--warmup-seconds", "0", "--block-size", "5"]
 
 
 def _export(model, path):
@@ -70,6 +70,8 @@ def test_files_with_json_and_plot(run_dir, tmp_path, capsys):
         s = np.asarray(m["samples_ms"])
         assert m["median_ms"] == pytest.approx(np.median(s)) and m["p99_ms"] == pytest.approx(np.quantile(s, 0.99))
     assert [b["model"] for b in d["block_order"]] == [0, 1] * 4
+    assert d["speedup"]["interval_unit"] == "block" and d["speedup"]["block_pairs"] == 4
+    assert d["warmup_seconds"] == 0.0 and all(m["block_counts"] == [5] * 4 for m in d["models"])
     assert f"{d['speedup']['median']:.2f}×" in printed and "baseline.pt" in printed
     assert png.read_bytes()[:4] == b"\x89PNG"
 

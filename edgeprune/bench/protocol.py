@@ -1,6 +1,7 @@
-"""The measurement protocol: warm-up, then timed runs of every model in alternating blocks (A B A B …) in one
-process, so machine drift (thermal state, other load) hits dense and slim alike; raw samples and the block order are
-kept. SeReNe Table X times 1,000 inferences per model; that is the default here too."""
+"""The measurement protocol: warm-up (at least N runs and S seconds per model), then timed runs of every model in
+alternating blocks (A B A B …, 20 blocks per model by default) in one process, so machine drift (thermal state, other
+load) hits dense and slim alike; raw samples and the block order are kept, and the block is the unit of the speedup
+interval. SeReNe Table X times 1,000 inferences per model; that is the default here too."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ import numpy as np
 
 from ..errors import BenchError
 from .runtimes import RUNTIMES, ModelSource, Runner, make_runner
-from .stats import STAT_KEYS, speedup, summarize_samples
+from .stats import STAT_KEYS, is_blocked, speedup, split_blocks, summarize_samples
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "edgeprune-bench/1"
 DEVICES = ("cpu", "cuda")
+BLOCKS = 20
+"""Alternating blocks per model when no block size is given: the speedup interval resamples blocks, so it needs a
+few of them (block size = ceil(runs / 20); 50 for the default 1,000 runs)."""
 
 
 @dataclasses.dataclass
@@ -36,6 +40,16 @@ class ModelResult:
     stats: dict = dataclasses.field(default_factory=dict)
     speedup: dict | None = None
     """Speedup of this model over the baseline (absent for the baseline itself)."""
+    block_counts: list[int] | None = None
+    """Runs in each of this model's blocks, in execution order (None: block structure unknown)."""
+    warmup_runs: int | None = None
+    """Warm-up runs actually made (at least ``warmup``; more when the warm-up time needed them)."""
+    warmup_s: float | None = None
+    """Seconds the warm-up took."""
+
+    def blocks(self) -> list[list[float]] | None:
+        """The samples cut into this model's blocks, or None when the block structure is unknown."""
+        return split_blocks(self.samples_ms, self.block_counts) if self.block_counts is not None else None
 
 
 @dataclasses.dataclass
@@ -54,6 +68,8 @@ class BenchResult:
     block_order: list[dict] = dataclasses.field(default_factory=list)
     """One entry per timed block, in execution order: model index, label, first sample index, samples in it."""
     interrupted: bool = False
+    warmup_seconds: float = 0.0
+    """Least warm-up time per model, in seconds (the warm-up lasts until both ``warmup`` runs and this are done)."""
 
     @property
     def baseline(self) -> ModelResult | None:
@@ -81,8 +97,14 @@ class BenchResult:
                 "runs_requested": self.runs,
                 "warmup": self.warmup,
                 "threads": self.threads,
+                "warmup_seconds": self.warmup_seconds,
+                "warmup_runs": m.warmup_runs,
+                "warmup_s": m.warmup_s,
                 **{k: m.stats.get(k) for k in STAT_KEYS},
                 "samples_ms": list(m.samples_ms),
+                "block_counts": m.block_counts,
+                "block_medians_ms": ([float(np.median(b)) if b else None for b in m.blocks()]
+                                     if m.block_counts is not None else None),
                 "device": self.device,
             }
             if m.speedup is not None:
@@ -93,6 +115,7 @@ class BenchResult:
             "runtime": self.runtime,
             "runs": self.runs,
             "warmup": self.warmup,
+            "warmup_seconds": self.warmup_seconds,
             "threads": self.threads,
             "batch_size": self.batch_size,
             "block_size": self.block_size,
@@ -108,7 +131,7 @@ class BenchResult:
 
 
 def result_from_samples(
-    samples_ms: dict[str, Sequence[float]],
+    samples_ms: dict[str, Sequence[float] | Sequence[Sequence[float]]],
     *,
     runtime: str,
     device: dict,
@@ -123,15 +146,24 @@ def result_from_samples(
     paths: dict[str, str] | None = None,
     input_shapes: dict[str, Sequence[int]] | None = None,
     resamples: int = 2000,
+    warmup_seconds: float = 0.0,
 ) -> BenchResult:
-    """Build a :class:`BenchResult` from raw per-inference samples (label → milliseconds), e.g. those
-    ``android_bench.run_benchmark`` returns with its device record, so phones and the local CPU share statistics,
-    tables, JSON and plots. ``baseline`` names the dense model the speedups divide by."""
+    """Build a :class:`BenchResult` from raw per-inference samples, e.g. those ``android_bench.run_benchmark``
+    returns with its device record, so phones and the local CPU share statistics, tables, JSON and plots.
+
+    ``samples_ms`` maps a label to its latencies in milliseconds: a list of blocks (each a list of runs, in execution
+    order; block k of a model is paired with block k of the baseline) or a flat list when the block structure is
+    unknown (the speedup interval then resamples single runs and says so). ``baseline`` names the dense model the
+    speedups divide by."""
     if baseline is not None and baseline not in samples_ms:
         raise BenchError(f"baseline {baseline!r} is not among the measured models {sorted(samples_ms)}")
     models = []
     for label, samples in samples_ms.items():
-        arr = [float(v) for v in samples]
+        if is_blocked(samples):
+            counts = [len(b) for b in samples]
+            arr = [float(v) for b in samples for v in b]
+        else:
+            counts, arr = None, [float(v) for v in samples]
         models.append(ModelResult(
             label=label,
             role="baseline" if label == baseline else "model",
@@ -140,11 +172,25 @@ def result_from_samples(
             path=(paths or {}).get(label),
             input_shape=list((input_shapes or {}).get(label, [])) or None,
             stats=summarize_samples(arr),
+            block_counts=counts,
         ))
     _attach_speedups(models, seed, resamples)
     runs = max((len(m.samples_ms) for m in models), default=0)
     return BenchResult(models, runtime, runs, warmup, threads, batch_size, block_size, seed, device,
-                       list(block_order or []), interrupted)
+                       list(block_order or []), interrupted, warmup_seconds)
+
+
+def _android_blocks(r: dict) -> list[list[float]] | list[float]:
+    """One android_bench result's samples: its ``block_samples_ms`` when present, else ``samples_ms`` cut by the
+    ``runs`` of its ``blocks`` (each block one runner process, samples appended in block order) when those add up,
+    else the flat samples (block structure unknown)."""
+    if r.get("block_samples_ms") is not None:
+        return [list(b) for b in r["block_samples_ms"]]
+    flat = list(r.get("samples_ms") or [])
+    counts = [int(b.get("runs", 0)) for b in r.get("blocks") or []]
+    if counts and sum(counts) == len(flat):
+        return split_blocks(flat, counts)
+    return flat
 
 
 def result_from_android(record: dict, *, seed: int = 0, resamples: int = 2000) -> BenchResult:
@@ -176,7 +222,7 @@ def result_from_android(record: dict, *, seed: int = 0, resamples: int = 2000) -
     device = {"kind": "adb", **dict(record.get("device") or {}), "runner": record.get("runner"),
               "threads": record.get("threads", first.get("threads"))}
     res = result_from_samples(
-        {labels[id(r)]: r.get("samples_ms", []) for r in results},
+        {labels[id(r)]: _android_blocks(r) for r in results},
         runtime=str(first.get("runtime") or record.get("runner") or "?"),
         device=device,
         warmup=int(first.get("warmup", 0)),
@@ -187,8 +233,9 @@ def result_from_android(record: dict, *, seed: int = 0, resamples: int = 2000) -
         interrupted=bool(record.get("partial")),
         paths={labels[id(r)]: r.get("path") for r in results},
         resamples=resamples,
+        warmup_seconds=float(first.get("warmup_seconds") or record.get("warmup_seconds") or 0.0),
     )
-    res.runs = max(int(r.get("runs_requested", len(r.get("samples_ms", [])))) for r in results)
+    res.runs = max(int(r.get("runs_requested", len(m.samples_ms))) for r, m in zip(results, res.models))
     return res
 
 
@@ -198,9 +245,14 @@ def _attach_speedups(models: list[ModelResult], seed: int, resamples: int) -> No
         raise BenchError("more than one baseline model; give one dense baseline")
     if not base or not base[0].samples_ms:
         return
+    base_blocks = base[0].blocks()
     for m in models:
         if m.role != "baseline" and m.samples_ms:
-            m.speedup = speedup(base[0].samples_ms, m.samples_ms, seed=seed, resamples=resamples)
+            blocks = m.blocks()
+            if base_blocks and blocks:  # baseline block k pairs with this model's block k
+                m.speedup = speedup(base_blocks, blocks, seed=seed, resamples=resamples)
+            else:
+                m.speedup = speedup(base[0].samples_ms, m.samples_ms, seed=seed, resamples=resamples)
 
 
 def block_schedule(n_models: int, runs: int, block_size: int) -> list[tuple[int, int]]:
@@ -212,8 +264,13 @@ def block_schedule(n_models: int, runs: int, block_size: int) -> list[tuple[int,
     return schedule
 
 
+def default_block_size(runs: int, blocks: int = BLOCKS) -> int:
+    """Runs per block so that each model gets ``blocks`` alternating blocks (fewer when runs < blocks)."""
+    return max(1, math.ceil(runs / blocks))
+
+
 def _validate(runtime: str, runs: int, warmup: int, threads: int, batch_size: int, block_size: int,
-              device: str, n_models: int) -> None:
+              device: str, n_models: int, warmup_seconds: float) -> None:
     if n_models < 1:
         raise BenchError("nothing to benchmark: give at least one model")
     if runtime not in RUNTIMES:
@@ -231,6 +288,8 @@ def _validate(runtime: str, runs: int, warmup: int, threads: int, batch_size: in
                              ("batch_size", batch_size, 1), ("block_size", block_size, 1)):
         if not isinstance(value, int) or value < low:
             raise BenchError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(warmup_seconds, (int, float)) or not 0 <= warmup_seconds < math.inf:
+        raise BenchError(f"warmup_seconds must be a number >= 0, got {warmup_seconds!r}")
 
 
 @contextlib.contextmanager
@@ -257,30 +316,36 @@ def bench_models(
     threads: int = 1,
     batch_size: int = 1,
     input_shape: tuple[int, ...] | None = None,
-    block_size: int = 50,
+    block_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
     device: str = "cpu",
     resamples: int = 2000,
+    warmup_seconds: float = 1.0,
 ) -> BenchResult:
     """Benchmark ``models`` on this machine and return raw samples with their statistics.
 
-    Protocol: load every model (one trial inference checks the input), ``warmup`` discarded runs each, then ``runs``
-    timed runs each with ``time.perf_counter_ns`` in alternating blocks of ``block_size``; garbage collection is
-    paused while timing. Ctrl-C stops the measurement and returns what was measured with ``interrupted=True``.
+    Protocol: load every model (one trial inference checks the input); warm each up with discarded runs until it has
+    made at least ``warmup`` runs *and* spent at least ``warmup_seconds``; then ``runs`` timed runs each with
+    ``time.perf_counter_ns`` in alternating blocks of ``block_size`` (default: ``runs`` / 20 rounded up, i.e. 20
+    blocks per model); garbage collection is paused while timing. Ctrl-C stops the measurement and returns what was
+    measured with ``interrupted=True``.
     """
     import torch
 
     from .._progress import make_progress
     from .environment import environment_info
 
-    _validate(runtime, runs, warmup, threads, batch_size, block_size, device, len(models))
+    if block_size is None and isinstance(runs, int) and runs >= 1:
+        block_size = default_block_size(runs)
+    _validate(runtime, runs, warmup, threads, batch_size, block_size, device, len(models), warmup_seconds)
     if sum(m.role == "baseline" for m in models) > 1:
         raise BenchError("more than one baseline model; give one dense baseline")
     shape = tuple(int(v) for v in input_shape) if input_shape else None
     env = environment_info(runtime, threads, device)
     samples = [np.zeros(runs, dtype=np.int64) for _ in models]
     done = [0] * len(models)
+    warmed: list[tuple[int, float]] = [(0, 0.0)] * len(models)
     block_order: list[dict] = []
     runners: list[Runner] = []
     interrupted = False
@@ -292,12 +357,12 @@ def bench_models(
                 log.debug("loaded %s (%s, input %s)", src.label, runners[-1].format, runners[-1].input_shape)
             schedule = block_schedule(len(runners), runs, block_size)
             with make_progress() as bar:
-                task = bar.add_task("warm-up", total=warmup * len(runners), info="") if progress else None
-                for r in runners:
-                    for _ in range(warmup):
-                        r.call()
+                task = bar.add_task("warm-up", total=len(runners), info="") if progress else None
+                for i, r in enumerate(runners):
+                    warmed[i] = _warm_up(r.call, warmup, warmup_seconds)
                     if task is not None:
-                        bar.advance(task, warmup)
+                        bar.advance(task, 1)
+                        bar.update(task, info=f"{r.label}: {warmed[i][0]} runs, {warmed[i][1]:.1f} s")
                 log.info("measuring %d runs of %s (%s, %d thread%s, blocks of %d)", runs,
                          " vs ".join(r.label for r in runners), runtime, threads, "" if threads == 1 else "s",
                          block_size)
@@ -336,7 +401,7 @@ def bench_models(
             for r in runners:
                 r.close()
     results = []
-    for src, r, s, n in zip(models, runners, samples, done):
+    for i, (src, r, s, n) in enumerate(zip(models, runners, samples, done)):
         ms = (s[:n] / 1e6).tolist()
         results.append(ModelResult(
             label=r.label,
@@ -347,7 +412,22 @@ def bench_models(
             path=str(src.path) if src.path is not None else None,
             input_shape=list(r.input_shape),
             stats=summarize_samples(ms),
+            block_counts=[b["count"] for b in block_order if b["model"] == i],
+            warmup_runs=warmed[i][0],
+            warmup_s=round(warmed[i][1], 4),
         ))
     _attach_speedups(results, seed, resamples)
     return BenchResult(results, runtime, runs, warmup, threads, batch_size, block_size, seed, env, block_order,
-                       interrupted)
+                       interrupted, float(warmup_seconds))
+
+
+def _warm_up(call, runs: int, seconds: float) -> tuple[int, float]:
+    """Discarded runs until at least ``runs`` are made and ``seconds`` have passed: a run count alone warms a 0.05 ms
+    model for 3 ms, too short for the clock to ramp up or the caches and allocator to settle."""
+    clock = time.perf_counter
+    t0 = clock()
+    n = 0
+    while n < runs or clock() - t0 < seconds:
+        call()
+        n += 1
+    return n, clock() - t0

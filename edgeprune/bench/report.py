@@ -35,6 +35,13 @@ def _speedup_text(m: ModelResult) -> str:
     return f"{m.speedup['median']:.2f}× [{lo:.2f}, {hi:.2f}]"
 
 
+def _interval_words(sp: dict) -> str:
+    """How the interval was made, in a few words for captions: its unit and how many units."""
+    if sp.get("interval_unit") == "block":
+        return f"paired block bootstrap over {sp['block_pairs']} block pairs"
+    return "bootstrap over single runs, NO block structure: too narrow under drift"
+
+
 def _title(result: BenchResult) -> str:
     d = result.device
     threads = f"{result.threads} thread" + ("" if result.threads == 1 else "s")
@@ -66,8 +73,8 @@ def render_table(result: BenchResult):
     if result.speedup is not None:
         sp = result.speedup
         lo, hi = sp["ci95"]["mean"]
-        t.caption = (f"speedup by mean {sp['mean']:.2f}× [{lo:.2f}, {hi:.2f}] (dense ÷ slim, bootstrap 95% CI)"
-                     + (f"; fastest runs {sp['min']:.2f}×" if sp.get("min") else ""))
+        t.caption = (f"speedup by mean {sp['mean']:.2f}× [{lo:.2f}, {hi:.2f}] (dense ÷ slim, 95% CI: "
+                     f"{_interval_words(sp)})" + (f"; fastest runs {sp['min']:.2f}×" if sp.get("min") else ""))
     return t
 
 
@@ -83,13 +90,16 @@ def markdown_section(result: BenchResult) -> str:
         sp = result.speedup
         lo, hi = sp["ci95"]["mean"]
         fastest = f" Fastest run vs fastest run: {sp['min']:.2f}×." if sp.get("min") else ""
-        lines.append(f"Speedup by mean: {sp['mean']:.2f}× [{lo:.2f}, {hi:.2f}] (dense ÷ slim, percentile bootstrap, "
-                     f"{sp['resamples']} resamples).{fastest}")
+        lines.append(f"Speedup by mean: {sp['mean']:.2f}× [{lo:.2f}, {hi:.2f}] (dense ÷ slim; 95 % intervals by "
+                     f"{_interval_words(sp)}, {sp['resamples']} resamples).{fastest}")
+        if sp.get("note"):
+            lines.append(f"Interval caveat: {sp['note']}.")
         lines.append("")
     versions = ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items())
-    lines.append(f"Protocol: {result.warmup} warm-up runs discarded, {result.runs} timed runs per model in one "
-                 f"process, models alternating in blocks of {result.block_size}, fixed seeded input "
-                 f"(seed {result.seed}).")
+    warm = f"at least {result.warmup} warm-up runs" + (
+        f" and {result.warmup_seconds:g} s" if result.warmup_seconds else "") + " per model discarded"
+    lines.append(f"Protocol: {warm}, {result.runs} timed runs per model in one process, models alternating in "
+                 f"blocks of {result.block_size}, fixed seeded input (seed {result.seed}).")
     machine = [f"{k}: {d[k]}" for k in ("cpu_model", "cores", "usable_cores", "platform", "load_average") if k in d]
     if machine:
         lines.append("Machine: " + "; ".join(machine) + ".")

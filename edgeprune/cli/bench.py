@@ -25,7 +25,8 @@ class BenchConfig:
     """None: 1 thread locally; on a phone one thread per pinned big core."""
     batch_size: int = 1
     input_shape: tuple[int, ...] | None = None
-    block_size: int = 50
+    block_size: int | None = None
+    """None: runs / 20 rounded up, so each model gets 20 alternating blocks."""
     seed: int = 0
     json_path: str | None = None
     plot_path: str | None = None
@@ -35,6 +36,7 @@ class BenchConfig:
     cooldown_seconds: float = 60.0
     keep: bool = False
     auth_timeout: float = 30.0
+    warmup_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         from ..bench import RUNTIMES
@@ -62,6 +64,8 @@ class BenchConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ConfigError(f"--warmup must be 0 or more, got {self.warmup}")
+        if not self.warmup_seconds >= 0:
+            raise ConfigError(f"--warmup-seconds must be 0 or more, got {self.warmup_seconds}")
 
 
 def _sources(cfg: BenchConfig):
@@ -102,7 +106,8 @@ def bench(
     threads: int = typer.Option(None, help="Intra-op threads (default: 1 locally, one per big core on a phone)."),
     batch_size: int = typer.Option(1, help="Samples per inference."),
     input_shape: str = typer.Option(None, help="One sample's shape, e.g. 3,32,32 (default: from the model)."),
-    block_size: int = typer.Option(50, help="Runs per block; dense and slim alternate block by block."),
+    block_size: int = typer.Option(None, help="Runs per block; dense and slim alternate block by block "
+                                              "(default: --runs / 20, i.e. 20 blocks per model)."),
     seed: int = typer.Option(0, help="Seed of the fixed input and of the bootstrap."),
     json_out: str = typer.Option(None, "--json", help="Write the bench JSON here."),
     plot: str = typer.Option(None, help="Write a latency-distribution plot (PNG) here."),
@@ -113,19 +118,22 @@ def bench(
     cooldown_seconds: float = typer.Option(60.0, help="adb: longest wait for temperatures to return to idle."),
     keep: bool = typer.Option(False, help="adb: leave the pushed runner and models on the phone."),
     auth_timeout: float = typer.Option(30.0, help="adb: seconds to wait for 'Allow USB debugging' on the phone."),
+    warmup_seconds: float = typer.Option(1.0, help="Least warm-up time per model: warm-up lasts until both --warmup "
+                                                   "runs and this many seconds are done."),
 ) -> None:
     """Time N inferences of a model (and its baseline, alternating) and report mean ± std, median, tails, speedup."""
     from ..bench import bench_models, render_table, write_outputs
 
     cfg = BenchConfig(model, baseline, device, runtime, runs, warmup, threads, batch_size, parse_shape(input_shape),
-                      block_size, seed, json_out, plot, serial, runner, cores, cooldown_seconds, keep, auth_timeout)
+                      block_size, seed, json_out, plot, serial, runner, cores, cooldown_seconds, keep, auth_timeout,
+                      warmup_seconds=warmup_seconds)
     sources, run_dir = _sources(cfg)
     if cfg.device == "adb":
         result = _bench_adb(cfg, sources, run_dir)
     else:
         result = bench_models(sources, runtime=cfg.runtime, runs=cfg.runs, warmup=cfg.warmup, threads=cfg.threads,
                               batch_size=cfg.batch_size, input_shape=cfg.input_shape, block_size=cfg.block_size,
-                              seed=cfg.seed, device=cfg.device)
+                              seed=cfg.seed, device=cfg.device, warmup_seconds=cfg.warmup_seconds)
     written = write_outputs(result, cfg.json_path, cfg.plot_path)
     if run_dir is not None:
         out = run_dir / "bench" / cfg.device
