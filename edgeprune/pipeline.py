@@ -201,7 +201,8 @@ def stage_compress(ctx: RunContext) -> None:
     info = {"method": ctx.config.method, "met_target": result.met_target, "stop_reason": result.stop_reason,
             "epochs": result.epochs, "thresholds": result.thresholds, "val_accuracy": result.final_val["accuracy"],
             "val_loss": result.final_val["loss"], "target_val_accuracy": result.target_accuracy,
-            "baseline_val_accuracy": result.baseline_val["accuracy"], "seconds": round(result.seconds, 1)}
+            "baseline_val_accuracy": result.baseline_val["accuracy"], "seconds": round(result.seconds, 1),
+            "prune": ctx.config.prune, "final_step": result.final_step}
     meta = {**ctx.meta, "dataset": ctx.data.name, "input_shape": list(ctx.data.input_shape),
             "num_classes": ctx.data.num_classes, "top1_error": te["top1_error"], "test_accuracy": te["accuracy"],
             "compress": info}
@@ -354,7 +355,7 @@ def resume_config(run_dir: str | os.PathLike, **budget) -> CompressConfig:
     import json
 
     data = json.loads(path.read_text(encoding="utf-8"))
-    cfg = CompressConfig.from_dict(data["config"])
+    cfg = CompressConfig.from_dict(data["config"], recorded=True)
     changes = {k: v for k, v in budget.items() if k in RESUMABLE_FIELDS and v is not None}
     return dataclasses.replace(cfg, **changes) if changes else cfg
 

@@ -29,6 +29,13 @@ def compress(
     data_dir: Path = typer.Option(None, help="Where the dataset lives."),
     exact_vjp: str = typer.Option(None, help="serene-exact's C products: vectorized (default) or loop (faster on "
                                              "CPU conv nets)."),
+    prune: str = typer.Option(None, help="What a threshold step prunes: neurons (default: whole channels with their "
+                                         "BN, a faster slim model), weights (SeReNe eq. 22) or both."),
+    neuron_score: str = typer.Option(None, help="Neuron ranking for --prune neurons|both: norm (default) or gamma."),
+    final_step: bool = typer.Option(None, "--final-step/--no-final-step",
+                                    help="At the end, one more bisection under the accuracy target (default on)."),
+    conv_sensitivity: str = typer.Option(None, help="Conv filter sensitivity over positions: mean (default, as the "
+                                                    "paper) or sum."),
     preset: str = typer.Option(None, help="Paper hyper-parameters: lenet300-mnist, lenet5-mnist, lenet5-fmnist, "
                                           "vgg16-cifar10, resnet32-cifar10, alexnet-cifar100."),
     config: Path = typer.Option(None, "--config", help="A CompressConfig JSON file (options given here override it)."),
@@ -64,7 +71,9 @@ def compress(
         cfg = make_config(preset, config, method=method, lam=lam, twt=twt, pwe=pwe, lr=lr, momentum=momentum,
                           weight_decay=weight_decay, batch_size=batch_size, target_drop=target_drop,
                           max_epochs=max_epochs, max_minutes=max_minutes, seed=seed, device=device,
-                          dataset=dataset, data_dir=str(data_dir) if data_dir else None, exact_vjp=exact_vjp)
+                          dataset=dataset, data_dir=str(data_dir) if data_dir else None, exact_vjp=exact_vjp,
+                          prune=prune, neuron_score=neuron_score, final_step=final_step,
+                          conv_sensitivity=conv_sensitivity)
         with distributed.session(cfg.device):
             summary = run_compress(model, out, cfg, options=options)
             main = distributed.is_main()
@@ -91,8 +100,10 @@ def compress(
         s = summary["slim"]
         table.add_row("slim model (surgery)", "", f"{s['params_total']:,} params, MACs {s['macs']:,}")
     print_table(table)
+    final = summary.get("final_step") or {}
+    extra = f", final step +{final.get('neurons_pruned', 0)} neurons" if final else ""
     echo(f"compression ratio {summary['compression_ratio']:.2f}x after {summary['epochs']} epochs, "
-         f"{len(summary['thresholds'])} threshold steps ({summary['stop_reason']})")
+         f"{len(summary['thresholds'])} threshold steps ({summary['stop_reason']}{extra})")
     written = [n for n in ("masked.pt", "model.pt", "model.onnx", "model.ptl", "model.ort", "report.md")
                if (Path(run_dir) / n).exists()]
     echo(f"wrote {run_dir}: {', '.join(written)}")

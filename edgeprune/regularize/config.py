@@ -13,6 +13,13 @@ from .update import UPDATE_METHODS
 CONFIG_TYPE = "edgeprune.CompressConfig"
 CONFIG_VERSION = 1
 
+PRUNE_MODES = ("neurons", "weights", "both")
+NEURON_SCORES = ("norm", "gamma")
+
+# Fields added after the first runs, with the value those runs used: resuming a run recorded without the field
+# continues it the way it started (a missing field in a user's --config file gets today's default instead).
+LEGACY_DEFAULTS = {"prune": "weights", "final_step": False, "conv_sensitivity": "sum"}
+
 # Fields that may change when a run is resumed (budgets and where it runs); everything else must match.
 RESUMABLE_FIELDS = ("max_epochs", "max_minutes", "device")
 
@@ -50,6 +57,16 @@ class CompressConfig:
     """How a conv filter's sensitivity aggregates its spatial positions: "mean" (the paper's reference code) or "sum"
     (edgeprune's earlier rule; grows with the feature-map size), see docs/serene.md."""
     preset: str | None = None
+    prune: str = "neurons"
+    """What a threshold step prunes: "neurons" (whole coupled channels, BN γ/β included: a smaller, faster slim
+    model), "weights" (SeReNe eq. 22: one global magnitude T over all parameters) or "both" (neurons, then weights
+    within the same loss bound, for the smallest .7z)."""
+    neuron_score: str = "norm"
+    """How neurons are ranked for neuron thresholding: "norm" (per-layer-normalized parameter norm) or "gamma"
+    (BatchNorm |γ| per layer, the network-slimming criterion; "norm" where a neuron has no BN)."""
+    final_step: bool = True
+    """When the budget ends, or a threshold step missed the accuracy target, run one last bisection on the best
+    network constrained by the accuracy target itself, so the run returns the most pruned network meeting it."""
 
     def __post_init__(self) -> None:
         if self.method not in UPDATE_METHODS:
@@ -72,6 +89,9 @@ class CompressConfig:
             (0 < self.val_fraction < 1, f"validation fraction must be in (0, 1), got {self.val_fraction}"),
             (self.class_chunk >= 1, f"class chunk must be at least 1, got {self.class_chunk}"),
             (self.exact_vjp in ("vectorized", "loop"), f"--exact-vjp must be vectorized or loop, got {self.exact_vjp!r}"),
+            (self.prune in PRUNE_MODES, f"--prune must be one of {', '.join(PRUNE_MODES)}, got {self.prune!r}"),
+            (self.neuron_score in NEURON_SCORES,
+             f"--neuron-score must be one of {', '.join(NEURON_SCORES)}, got {self.neuron_score!r}"),
             (self.conv_sensitivity in ("mean", "sum"),
              f"--conv-sensitivity must be mean or sum, got {self.conv_sensitivity!r}"),
         ]
@@ -83,8 +103,12 @@ class CompressConfig:
         return {"type": CONFIG_TYPE, "version": CONFIG_VERSION, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CompressConfig":
+    def from_dict(cls, data: dict, recorded: bool = False) -> "CompressConfig":
+        """Build from a dict; ``recorded``: the dict was written by an earlier run, so fields it lacks take the value
+        that run used (:data:`LEGACY_DEFAULTS`)."""
         data = dict(data)
+        if recorded:
+            data = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k not in data}, **data}
         kind = data.pop("type", CONFIG_TYPE)
         version = data.pop("version", CONFIG_VERSION)
         if kind != CONFIG_TYPE:

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from .. import _io
 from .._progress import make_progress
 from ..errors import CheckpointError, ConfigError
-from ..threshold import count_alive, find_threshold, full_masks, pin_
+from ..threshold import apply_masks_, count_alive, find_threshold, full_masks, pin_
+from ..threshold.neurons import find_neuron_threshold, neuron_groups
 from .config import CompressConfig
 from .neurons import find_neurons, neuron_alive
 from .update import Regularizer
@@ -51,6 +52,8 @@ class SereneResult:
     final_val: dict
     target_accuracy: float
     seconds: float
+    final_step: dict | None = None
+    """What the last bisection under the accuracy target pruned (None when it did not run)."""
 
 
 def regularize_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, reg: Regularizer,
@@ -115,6 +118,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     if parallel:
         distributed.broadcast_parameters_(model)
     ng = find_neurons(model)
+    groups = neuron_groups(model, tuple(data.input_shape)) if config.prune in ("neurons", "both") else []
     # Under torchrun each rank takes its slice of every global batch (config.batch_size stays the global batch).
     train_b = Batches(data.train, distributed.per_rank_batch(config.batch_size), shuffle=True, seed=config.seed,
                       augment=data.augment, rank=distributed.rank(), world_size=distributed.world_size())
@@ -161,10 +165,10 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
 
     def row(kind: str, **values) -> None:
         nz = count_alive(masks)
-        r = {"kind": kind, "epoch": st["epoch"], "cycle": st["cycle"], **values,
+        r = {"kind": kind, "epoch": st["epoch"], "cycle": st["cycle"],
              "params_total": sum(m.numel() for m in masks.values()), "params_alive": nz,
              "params_nonzero": int(sum(int(p.detach().ne(0).sum()) for p in model.parameters())),
-             "neurons_alive": neurons_alive(model, ng), "seconds": round(time.time() - t_start, 2)}
+             "neurons_alive": neurons_alive(model, ng), "seconds": round(time.time() - t_start, 2), **values}
         emit(r)
         st["rows"] += 1
 
@@ -183,7 +187,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     with reg_ctx as reg:
         while st["done"] is None:
             if st["pending_plateau"]:
-                _plateau(st, model, optimizer, masks, val_eval, config, row)
+                _plateau(st, model, optimizer, masks, val_eval, config, row, groups)
                 save()
                 continue
             reason = budget_left()
@@ -209,11 +213,45 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
             save()
             if on_epoch is not None:
                 on_epoch(st["epoch"])
-    return _finish(st, model, masks, val_eval, config, time.time() - t_start)
+    return _finish(st, model, masks, val_eval, config, time.time() - t_start, groups, row)
 
 
-def _plateau(st, model, optimizer, masks, val_eval, config, row) -> None:
-    """Alg. 1 lines 6–9 at a regularization plateau: check the target, keep, threshold, pin."""
+def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callable[[nn.Module], dict],
+                   admissible: Callable[[dict], bool], prune: str, neuron_score: str = "norm") -> dict:
+    """One threshold step: the most pruning for which ``admissible(evaluate(pruned network))`` holds, over whole
+    coupled neurons (``prune="neurons"``), single parameters by a global magnitude T (``"weights"``, SeReNe eq. 22)
+    or both, neurons first and then weights on top of them under the same criterion.
+
+    The model is left unchanged. Returns a dict: ``masks`` (the new masks), ``threshold`` (T, 0 when no weight was
+    pruned), ``neurons_pruned``, ``neuron_score`` (the largest score pruned), ``per_layer`` (neurons pruned per root
+    layer), ``metrics`` (of the chosen network; None when nothing was pruned) and ``evaluations``."""
+    out = {"masks": masks, "threshold": 0.0, "neurons_pruned": 0, "neuron_score": 0.0, "per_layer": {},
+           "metrics": None, "evaluations": 0}
+    if prune in ("neurons", "both") and groups:
+        res = find_neuron_threshold(model, masks, groups, evaluate, admissible, neuron_score)
+        out.update(masks=res.masks, neurons_pruned=res.pruned, neuron_score=res.score, per_layer=res.per_group,
+                   evaluations=res.evaluations, metrics=res.value)
+    if prune in ("weights", "both"):
+        params = dict(model.named_parameters())
+        backup = {n: p.detach().clone() for n, p in params.items()}
+        apply_masks_(model, out["masks"])
+        try:
+            t, new_masks, value, evals = find_threshold(model, out["masks"], evaluate, admissible=admissible)
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(backup[n])
+        out["evaluations"] += evals
+        if t > 0:
+            out.update(masks=new_masks, threshold=t, metrics=value)
+    return out
+
+
+def _plateau(st, model, optimizer, masks, val_eval, config, row, groups) -> None:
+    """Alg. 1 lines 6–9 at a regularization plateau: check the target, keep, threshold, pin. A step that prunes
+    nothing ends the run (LOBSTER Sec. 4.2: with TWT = 0 the loop would otherwise regularize until its budget)."""
+    from .. import distributed
+
     st["pending_plateau"] = False
     model.load_state_dict(st["best"]["state"])
     va = st["best"]["val"]
@@ -224,45 +262,95 @@ def _plateau(st, model, optimizer, masks, val_eval, config, row) -> None:
         return
     st["last_good"] = {"state": st["best"]["state"], "val": va, "masks": {k: v.cpu().clone() for k, v in masks.items()}}
     bound = (1.0 + config.twt) * va["loss"]
-    t, new_masks, loss_t, evals = find_threshold(model, masks, lambda m: val_eval()["loss"], bound)
-    from .. import distributed
-
-    distributed.check_agree(t, "the threshold T")
+    step = threshold_step(model, masks, groups, lambda m: val_eval(), lambda v: v["loss"] <= bound, config.prune,
+                          config.neuron_score)
+    t = step["threshold"]
+    distributed.check_agree(t + step["neurons_pruned"], "the threshold step")
+    alive_before = count_alive(masks)
     for k in masks:
-        masks[k].copy_(new_masks[k])
+        masks[k].copy_(step["masks"][k])
     pin_(model, masks, optimizer)
     after = val_eval()
     st["cycle"] += 1
     st["thresholds"].append(t)
     st["best"] = {"state": _state_dict_cpu(model), "val": after}
     st["since_best"] = 0
-    row("threshold", threshold=t, bound=bound, val_loss=after["loss"], val_accuracy=after["accuracy"],
-        evaluations=evals)
-    log.info("threshold %d: T=%.4g  val loss %.4f (bound %.4f)  acc %.2f%%  params alive %d  neurons alive %s",
-             st["cycle"], t, after["loss"], bound, 100 * after["accuracy"], count_alive(masks),
-             list(neurons_alive(model).values()))
+    row("threshold", threshold=t, neurons_pruned=step["neurons_pruned"], neuron_score=step["neuron_score"],
+        neurons_pruned_per_layer=step["per_layer"], bound=bound, val_loss=after["loss"],
+        val_accuracy=after["accuracy"], evaluations=step["evaluations"])
+    log.info("threshold %d (%s): T=%.4g, %d neurons  val loss %.4f (bound %.4f)  acc %.2f%%  params alive %d  "
+             "neurons alive %s", st["cycle"], config.prune, t, step["neurons_pruned"], after["loss"], bound,
+             100 * after["accuracy"], count_alive(masks), list(neurons_alive(model).values()))
+    if count_alive(masks) == alive_before:
+        log.info("the threshold step pruned nothing: stopping (LOBSTER's rule)")
+        st["done"] = "nothing_pruned"
 
 
-def _finish(st, model, masks, val_eval, config, seconds) -> SereneResult:
-    """The last network that met the target: at a budget stop the current best when it still meets the target
-    (it is the most pruned), else the one kept at the last plateau; the input model when none did."""
+def _finish(st, model, masks, val_eval, config, seconds, groups=(), row=None) -> SereneResult:
+    """The most pruned network that meets the target.
+
+    The starting point is the last network that met it: at a budget stop the current best when it still meets the
+    target (it is the most pruned), else the one kept at the last plateau, else the input network. With
+    ``config.final_step`` one more threshold step runs on it, constrained by the accuracy target itself (not by the
+    TWT loss bound): a run stopped by its budget before any plateau, or right after a step that overshot, still
+    returns a pruned network whenever one meeting the target exists."""
     best = st["best"]
+    device = next(iter(masks.values())).device if masks else "cpu"
     if st["done"] != "target" and best["val"]["accuracy"] >= st["target"]:
         chosen = {"state": best["state"], "val": best["val"], "masks": masks}
     elif st["last_good"] is not None:
         chosen = st["last_good"]
+    elif config.final_step:
+        chosen = {"state": st["initial"], "val": st["baseline_val"],
+                  "masks": {k: torch.ones_like(v) for k, v in masks.items()}}
     else:
         chosen = None
+    final = None
     if chosen is None:
         log.warning("no pruned network met the target accuracy; returning the input network")
         model.load_state_dict(st["initial"])
         met, final_masks = False, {k: v.clone() for k, v in masks.items()}
     else:
         model.load_state_dict(chosen["state"])
-        met, final_masks = True, {k: v.clone() for k, v in chosen["masks"].items()}
+        final_masks = {k: v.to(device).clone() for k, v in chosen["masks"].items()}
+        met = True
+        if config.final_step:
+            final = _final_step(st, model, final_masks, val_eval, config, groups, row)
+            met = final["met"]
     model.eval()
-    return SereneResult(model, final_masks, met, st["done"], st["epoch"], list(st["thresholds"]),
-                        st["baseline_val"], val_eval(), st["target"], seconds)
+    result = SereneResult(model, final_masks, met, st["done"], st["epoch"], list(st["thresholds"]),
+                          st["baseline_val"], val_eval(), st["target"], seconds)
+    result.final_step = final
+    return result
+
+
+def _final_step(st, model, masks, val_eval, config, groups, row) -> dict:
+    """A last threshold step under the accuracy target (see :func:`_finish`); ``masks`` is updated in place."""
+    target = st["target"]
+    alive_before = count_alive(masks)
+    layers = [nl.layer for nl in find_neurons(model).layers]
+
+    def evaluate(m: nn.Module) -> dict:
+        # A layer left without a single weight disconnects the network (a constant output): never admissible,
+        # even where the target is as low as chance (a baseline trained from scratch).
+        return {**val_eval(), "connected": all(bool(layer.weight.detach().ne(0).any()) for layer in layers)}
+
+    step = threshold_step(model, masks, groups, evaluate, lambda v: v["connected"] and v["accuracy"] >= target,
+                          config.prune, config.neuron_score)
+    for k in masks:
+        masks[k].copy_(step["masks"][k])
+    pin_(model, masks)
+    after = val_eval()
+    info = {"threshold": step["threshold"], "neurons_pruned": step["neurons_pruned"],
+            "params_pruned": alive_before - count_alive(masks), "val_accuracy": after["accuracy"],
+            "val_loss": after["loss"], "evaluations": step["evaluations"], "met": after["accuracy"] >= target}
+    if row is not None:
+        row("final", params_alive=count_alive(masks), threshold=step["threshold"], neurons_pruned=step["neurons_pruned"],
+            neurons_pruned_per_layer=step["per_layer"], target_accuracy=target, val_loss=after["loss"],
+            val_accuracy=after["accuracy"], evaluations=step["evaluations"])
+    log.info("final step under the accuracy target %.2f%%: %d neurons and %d parameters more pruned, val acc %.2f%%",
+             100 * target, step["neurons_pruned"], info["params_pruned"], 100 * after["accuracy"])
+    return info
 
 
 def _save_state(path: Path, st: dict, model, optimizer, config: CompressConfig) -> None:
@@ -283,7 +371,9 @@ def _load_state(path: Path, device, config: CompressConfig) -> dict:
     if payload.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a SeReNe resume state")
     saved, current = payload["config"], config.comparable()
-    defaults = {f.name: f.default for f in dataclasses.fields(CompressConfig)}
+    from .config import LEGACY_DEFAULTS
+
+    defaults = {**{f.name: f.default for f in dataclasses.fields(CompressConfig)}, **LEGACY_DEFAULTS}
     diff = sorted(k for k in current if saved.get(k, defaults.get(k)) != current[k])  # fields added later: default
     if diff:
         raise ConfigError(f"the run was started with other options ({', '.join(diff)}); rerun with the same options "

@@ -9,7 +9,7 @@ evaluations.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -35,34 +35,40 @@ def largest_admissible(candidates: torch.Tensor, admissible: Callable[[float], b
 
 
 @torch.no_grad()
-def find_threshold(model: nn.Module, masks: Masks, loss_fn: Callable[[nn.Module], float], bound: float,
-                   progress: Callable[[float, float], None] | None = None) -> tuple[float, Masks, float, int]:
+def find_threshold(model: nn.Module, masks: Masks, loss_fn: Callable[[nn.Module], Any], bound: float | None = None,
+                   progress: Callable[[float, Any], None] | None = None,
+                   admissible: Callable[[Any], bool] | None = None) -> tuple[float, Masks, Any, int]:
     """Largest T such that ``loss_fn(model pruned at T) ≤ bound``; the model is left unchanged.
 
-    Returns (T, the new masks, the loss at T, evaluations). T = 0 and the masks unchanged when nothing can be
-    pruned within the bound.
+    ``admissible(value)`` replaces the bound test when given (``loss_fn`` may then return anything it can judge,
+    e.g. a dict of validation metrics with an accuracy target). Returns (T, the new masks, the value at T,
+    evaluations). T = 0 and the masks unchanged when nothing can be pruned: the value is then None.
     """
+    if admissible is None:
+        if bound is None:
+            raise ValueError("find_threshold needs a bound or an admissible() test")
+        admissible = lambda value: value <= bound  # noqa: E731
     params = dict(model.named_parameters())
     mags = torch.cat([params[n].detach().abs()[masks[n]].flatten().double().cpu() for n in params])
     if mags.numel() == 0:
-        return 0.0, masks, loss_fn(model), 1
+        return 0.0, masks, None, 0
     candidates = torch.unique(mags)  # sorted ascending
     backup = {n: p.detach().clone() for n, p in params.items()}
-    losses: dict[float, float] = {}
+    values: dict[float, Any] = {}
 
-    def admissible(t: float) -> bool:
-        trial = magnitude_masks(model, masks, t)
-        apply_masks_(model, trial)
-        loss = loss_fn(model)
+    def trial(t: float) -> bool:
+        trial_masks = magnitude_masks(model, masks, t)
+        apply_masks_(model, trial_masks)
+        value = loss_fn(model)
         for n, p in params.items():
             p.copy_(backup[n])
-        losses[t] = loss
+        values[t] = value
         if progress is not None:
-            progress(t, loss)
-        log.debug("threshold T=%.3g: val loss %.4f (bound %.4f)", t, loss, bound)
-        return loss <= bound
+            progress(t, value)
+        log.debug("threshold T=%.3g: %s", t, value)
+        return admissible(value)
 
-    t, evals = largest_admissible(candidates, admissible)
+    t, evals = largest_admissible(candidates, trial)
     if t is None:
-        return 0.0, masks, loss_fn(model), evals + 1
-    return t, magnitude_masks(model, masks, t), losses[t], evals
+        return 0.0, masks, None, evals
+    return t, magnitude_masks(model, masks, t), values[t], evals

@@ -1,0 +1,253 @@
+"""Neuron-level thresholding: the bisection of SeReNe Sec. IV-B run over whole neurons instead of single parameters.
+
+A *neuron* here is one channel together with everything coupled to it, as torch-pruning's DependencyGraph groups it:
+the weight row and bias of every Conv / Linear that writes the channel, the BatchNorm γ and β of that channel, the
+depthwise convs on it, and the channels tied to it by residual additions and concatenations (one group spans them
+all). Pruning a neuron zeroes *all* of those parameters, BN γ and β included, so the channel outputs exactly 0
+everywhere it goes (a zero BN channel emits β = 0; a zero residual channel stays 0 through every add) and surgery
+removes it without folding any constant.
+
+Neurons are ranked by a scale-free score (:data:`SCORES`), lowest first, and the bisection finds the largest number
+of lowest-ranked neurons whose removal keeps the validation criterion admissible (SeReNe: loss ≤ (1 + TWT)·L̂).
+The output layer is never touched and every group keeps at least one neuron.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .bisection import largest_admissible
+from .masks import Masks, apply_masks_
+
+log = logging.getLogger(__name__)
+
+SCORES = ("norm", "gamma")
+"""``norm``: the neuron's parameter norm in each member layer divided by that layer's mean over alive neurons,
+averaged over the members (conv/linear rows with their bias; BN's (γ, β)). ``gamma``: |γ| over the layer's mean
+|γ| where the neuron has BatchNorm channels (the network-slimming criterion), else ``norm``."""
+
+
+@dataclasses.dataclass
+class NeuronGroup:
+    """Coupled channels that can only leave together: ``size`` neurons, indexed like the root layer's outputs."""
+
+    root: str
+    size: int
+    members: list[tuple[str, str, torch.Tensor, torch.Tensor]]
+    """(module name, kind, root indices, indices in that module's output dim): kind is "layer" (conv/linear
+    producer), "bn" or "depthwise"."""
+    params: list[tuple[str, int, torch.Tensor, torch.Tensor]]
+    """(parameter name, dim, root indices, indices along dim): every parameter slice a neuron owns."""
+
+
+def _out_dim(module: nn.Module) -> int:
+    return 1 if getattr(module, "transposed", False) else 0
+
+
+def neuron_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[NeuronGroup]:
+    """The prunable neurons of ``model``, grouped as torch-pruning couples them.
+
+    Left out (never pruned here): the output layer's group, groups through layers exact surgery does not support,
+    groups with grouped convolutions (1 < groups < channels), and channels no Conv / Linear consumes.
+    """
+    import torch_pruning as tp
+
+    from ..surgery.detect import producer_order
+    from ..surgery.plan import _allowed_types, is_grouped_conv
+    from ..surgery.replay import build_graph
+
+    names = {m: n for n, m in model.named_modules()}
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros((1, *input_shape), dtype=param.dtype, device=param.device)
+        output_layer = model.get_submodule(producer_order(model, x)[-1])
+        dg = build_graph(model, tuple(input_shape))
+    finally:
+        model.train(was_training)
+    allowed = _allowed_types()
+    t = tp.ops.OPTYPE
+    groups: list[NeuronGroup] = []
+    for group in dg.get_all_groups(ignored_layers=[output_layer],
+                                   root_module_types=(tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
+        items = list(group.items)
+        if any(it.dep.target.type not in allowed for it in items):
+            continue
+        if any(is_grouped_conv(it.dep.target.module) for it in items):
+            continue
+        root_mod = items[0].dep.target.module
+        if root_mod not in names:
+            continue
+        size = len(items[0].idxs)
+        members, params, consumers = [], [], 0
+        seen: set[tuple[str, str]] = set()
+        for it in items:
+            node = it.dep.target
+            mod = node.module
+            if mod not in names:
+                continue
+            name = names[mod]
+            handler = it.dep.handler.__name__
+            if node.type in (t.CONV, t.LINEAR) and handler == "prune_in_channels":
+                consumers += 1
+                continue
+            if node.type in (t.CONV, t.LINEAR):
+                kind = "layer"
+            elif node.type == t.DEPTHWISE_CONV:
+                kind = "depthwise"
+            elif node.type == t.BN:
+                kind = "bn"
+            else:
+                continue  # concat / split / elementwise / reshape / PReLU: nothing of the neuron's own
+            if (name, kind) in seen:
+                continue
+            seen.add((name, kind))
+            ridx = torch.as_tensor([int(r) for r in it.root_idxs], dtype=torch.long)
+            midx = torch.as_tensor([int(i) for i in it.idxs], dtype=torch.long)
+            members.append((name, kind, ridx, midx))
+            for pname, p in mod.named_parameters(recurse=False):
+                if p.dim() == 0:
+                    continue
+                dim = _out_dim(mod) if pname == "weight" and kind != "bn" else 0
+                if p.shape[dim] != getattr(mod, "out_channels", getattr(mod, "out_features",
+                                                                         getattr(mod, "num_features", p.shape[dim]))):
+                    continue
+                params.append((f"{name}.{pname}" if name else pname, dim, ridx, midx))
+        if consumers == 0 or not any(k in ("layer", "depthwise") for _, k, _, _ in members):
+            continue
+        groups.append(NeuronGroup(names[root_mod], size, members, params))
+    return groups
+
+
+def group_alive(group: NeuronGroup, masks: Masks) -> torch.Tensor:
+    """Per neuron of the group: does any of its parameters survive in ``masks``?"""
+    alive = torch.zeros(group.size, dtype=torch.bool)
+    for pname, dim, ridx, midx in group.params:
+        m = masks[pname].detach().cpu()
+        rows = m.movedim(dim, 0)[midx].reshape(len(midx), -1).any(1)
+        alive[ridx] |= rows
+    return alive
+
+
+@torch.no_grad()
+def neuron_scores(model: nn.Module, group: NeuronGroup, alive: torch.Tensor, score: str = "norm") -> torch.Tensor:
+    """Scale-free importance of each neuron of ``group`` (see :data:`SCORES`); dead neurons score 0."""
+    if score not in SCORES:
+        raise ValueError(f"neuron score must be one of {', '.join(SCORES)}, got {score!r}")
+    modules = dict(model.named_modules())
+    per_member: list[torch.Tensor] = []
+    gammas: list[torch.Tensor] = []
+    for name, kind, ridx, midx in group.members:
+        mod = modules[name]
+        sq = torch.zeros(group.size, dtype=torch.float64)
+        for pname, p in mod.named_parameters(recurse=False):
+            dim = _out_dim(mod) if pname == "weight" and kind != "bn" else 0
+            if p.dim() == 0 or p.shape[dim] <= int(midx.max()):
+                continue
+            rows = p.detach().movedim(dim, 0)[midx.to(p.device)].reshape(len(midx), -1).double().cpu()
+            sq.index_add_(0, ridx, rows.pow(2).sum(1))
+        norms = sq.sqrt()
+        if kind == "bn" and getattr(mod, "weight", None) is not None:
+            g = torch.zeros(group.size, dtype=torch.float64)
+            g[ridx] = mod.weight.detach()[midx.to(mod.weight.device)].abs().double().cpu()
+            gammas.append(_normalized(g, alive))
+        per_member.append(_normalized(norms, alive))
+    chosen = gammas if score == "gamma" and gammas else per_member
+    out = torch.stack(chosen).mean(0)
+    out[~alive] = 0
+    return out
+
+
+def _normalized(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    ref = values[alive].mean() if alive.any() else values.new_tensor(0.0)
+    return values / ref if float(ref) > 0 else torch.zeros_like(values)
+
+
+def neuron_masks(groups: list[NeuronGroup], masks: Masks, pruned: list[tuple[int, int]]) -> Masks:
+    """``masks`` with every parameter of the (group index, neuron) pairs in ``pruned`` set to False."""
+    out = {k: v.clone() for k, v in masks.items()}
+    by_group: dict[int, list[int]] = {}
+    for g, r in pruned:
+        by_group.setdefault(g, []).append(r)
+    for g, rs in by_group.items():
+        chosen = torch.zeros(groups[g].size, dtype=torch.bool)
+        chosen[torch.as_tensor(rs, dtype=torch.long)] = True
+        for pname, dim, ridx, midx in groups[g].params:
+            sel = midx[chosen[ridx]]
+            if len(sel):
+                view = out[pname].movedim(dim, 0)
+                view[sel.to(view.device)] = False
+    return out
+
+
+@dataclasses.dataclass
+class NeuronThreshold:
+    """The outcome of one neuron-level bisection."""
+
+    masks: Masks
+    pruned: int
+    """Neurons newly pruned."""
+    score: float
+    """The largest score pruned (0 when none): the neuron-level analogue of T."""
+    value: float | None
+    """The criterion's value at the chosen set (e.g. the validation loss)."""
+    evaluations: int
+    per_group: dict[str, int]
+    """Root layer → neurons newly pruned there."""
+
+
+@torch.no_grad()
+def find_neuron_threshold(model: nn.Module, masks: Masks, groups: list[NeuronGroup],
+                          evaluate: Callable[[nn.Module], float], admissible: Callable[[float], bool],
+                          score: str = "norm",
+                          progress: Callable[[int, float], None] | None = None) -> NeuronThreshold:
+    """Prune the largest set of lowest-scored alive neurons for which ``admissible(evaluate(pruned model))`` holds.
+
+    Every group keeps at least one alive neuron (its highest-scored one is never a candidate). The model is left
+    unchanged; apply the returned masks to prune.
+    """
+    candidates: list[tuple[float, int, int]] = []
+    for gi, group in enumerate(groups):
+        alive = group_alive(group, masks)
+        if int(alive.sum()) <= 1:
+            continue
+        s = neuron_scores(model, group, alive, score)
+        order = [int(r) for r in torch.argsort(s, stable=True) if bool(alive[r])]
+        candidates += [(float(s[r]), gi, r) for r in order[:-1]]  # the best neuron of each group stays
+    candidates.sort(key=lambda c: (c[0], c[1], c[2]))
+    if not candidates:
+        return NeuronThreshold(masks, 0, 0.0, None, 0, {})
+    params = dict(model.named_parameters())
+    backup = {n: p.detach().clone() for n, p in params.items()}
+    values: dict[int, float] = {}
+
+    def trial(k: float) -> bool:
+        k = int(k)
+        trial_masks = neuron_masks(groups, masks, [(g, r) for _, g, r in candidates[:k]])
+        apply_masks_(model, trial_masks)
+        value = evaluate(model)
+        for n, p in params.items():
+            p.copy_(backup[n])
+        values[k] = value
+        if progress is not None:
+            progress(k, value)
+        log.debug("neuron threshold: %d neurons pruned → %.4f", k, value)
+        return admissible(value)
+
+    ks = torch.arange(1, len(candidates) + 1, dtype=torch.float64)
+    k, evals = largest_admissible(ks, trial)
+    if k is None:
+        return NeuronThreshold(masks, 0, 0.0, None, evals, {})
+    k = int(k)
+    chosen = candidates[:k]
+    per_group: dict[str, int] = {}
+    for _, g, _ in chosen:
+        per_group[groups[g].root] = per_group.get(groups[g].root, 0) + 1
+    return NeuronThreshold(neuron_masks(groups, masks, [(g, r) for _, g, r in chosen]), k, chosen[-1][0],
+                           values[k], evals, per_group)

@@ -1,0 +1,159 @@
+"""Neuron-level thresholding: whole coupled neurons die (BN γ and β included), output exactly 0, surgery removes
+exactly them and stays exact; the bisection honours its criterion, the output layer and a minimum width of one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from edgeprune.models import create_model
+from edgeprune.surgery import surgery
+from edgeprune.surgery.synthetic import randomize_bn
+from edgeprune.threshold import apply_masks_, full_masks
+from edgeprune.threshold.neurons import find_neuron_threshold, group_alive, neuron_groups, neuron_masks
+
+CASES = [
+    ("tiny-resnet", (1, 8, 8), {}),  # residual adds, 1×1 projection shortcut, BN
+    ("resnet20-cifar", (1, 16, 16), {"in_channels": 1}),  # the BN conv net of the comparison
+    ("unet-small", (3, 32, 32), {}),  # concatenations (skip connections)
+    ("lenet5", (1, 28, 28), {}),  # conv → flatten → linear, no BN
+]
+
+
+class Concat(nn.Module):
+    """Two BN branches concatenated, then a 1×1 conv: a neuron of one branch is a slice of the concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(2, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU())
+        self.mix = nn.Conv2d(8, 4, 1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.mix(torch.cat([self.a(x), self.b(x)], 1))
+        return self.head(y.mean((2, 3)))
+
+
+def _model(arch, kw):
+    torch.manual_seed(0)
+    m = (Concat() if arch == "concat" else create_model(arch, **kw)).eval()
+    randomize_bn(m)  # BN must not be an identity: a zero-weight channel would still emit β
+    return m
+
+
+def _random_prune(m, shape, fraction=0.5, seed=0):
+    groups = neuron_groups(m, shape)
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for gi, group in enumerate(groups):
+        k = min(group.size - 1, max(1, int(fraction * group.size)))
+        chosen += [(gi, int(r)) for r in torch.randperm(group.size, generator=g)[:k]]
+    masks = neuron_masks(groups, full_masks(m), chosen)
+    apply_masks_(m, masks)
+    return groups, masks, chosen
+
+
+@pytest.mark.parametrize("arch,shape,kw", CASES + [("concat", (2, 6, 6), {})])
+def test_pruned_neurons_output_exactly_zero_and_surgery_removes_exactly_them(arch, shape, kw, one_thread):
+    m = _model(arch, kw)
+    groups, masks, chosen = _random_prune(m, shape)
+    assert chosen
+    # Every member layer of a pruned neuron: its output channel is exactly 0 on any input (BN eval and train).
+    outputs = {}
+    mods = dict(m.named_modules())
+    hooks = [mods[name].register_forward_hook(lambda mod, a, out, name=name: outputs.__setitem__(name, out))
+             for group in groups for name, kind, _, _ in group.members]
+    x = torch.randn(3, *shape) * 3
+    with torch.no_grad():
+        ref = m(x)
+    for h in hooks:
+        h.remove()
+    for gi, r in chosen:
+        for name, kind, ridx, midx in groups[gi].members:
+            for rr, mm in zip(ridx.tolist(), midx.tolist()):
+                if rr == r:
+                    assert torch.count_nonzero(outputs[name][:, mm]) == 0, (name, kind, mm)
+    # Every parameter of a pruned neuron is zero, BN γ and β included.
+    for gi, group in enumerate(groups):
+        alive = group_alive(group, masks)
+        dead = {r for g, r in chosen if g == gi}
+        assert {i for i in range(group.size) if not alive[i]} == dead
+    res = surgery(m, shape)
+    assert res.report["constant_channels_folded"] == 0  # all zero: nothing to fold
+    removed_roots = {}
+    for gi, r in chosen:
+        removed_roots.setdefault(groups[gi].root, set()).add(r)
+    for root, rs in removed_roots.items():
+        assert set(res.removed[root]) == rs, root
+    with torch.no_grad():
+        out = res.model(x)
+    assert torch.allclose(out, ref, atol=1e-5 * float(ref.abs().max()), rtol=0)
+
+
+def test_bn_channel_dies_in_train_mode_too():
+    m = _model("tiny-resnet", {})
+    groups, masks, chosen = _random_prune(m, (1, 8, 8))
+    m.train()
+    bn = [(name, midx, ridx) for gi, r in chosen for name, kind, ridx, midx in groups[gi].members if kind == "bn"]
+    assert bn
+    outs = {}
+    mods = dict(m.named_modules())
+    for name, _, _ in bn:
+        mods[name].register_forward_hook(lambda mod, a, out, name=name: outs.__setitem__(name, out))
+    m(torch.randn(4, 1, 8, 8))
+    gi, r = chosen[0]
+    for name, kind, ridx, midx in groups[gi].members:
+        if kind == "bn":
+            assert torch.count_nonzero(outs[name][:, int(midx[ridx == r][0])]) == 0
+
+
+def test_output_layer_untouched_and_one_neuron_kept_per_group():
+    m = _model("lenet5", {})
+    groups = neuron_groups(m, (1, 28, 28))
+    assert "9" not in {g.root for g in groups}  # the classifier (lenet5's last Linear) is not prunable
+    res = find_neuron_threshold(m, full_masks(m), groups, lambda mm: 0.0, lambda v: True)
+    assert res.pruned == sum(g.size - 1 for g in groups)
+    for g in groups:
+        assert int(group_alive(g, res.masks).sum()) == 1
+    out_layer = [n for n, mod in m.named_modules() if isinstance(mod, nn.Linear)][-1]
+    assert res.masks[f"{out_layer}.weight"].all() and res.masks[f"{out_layer}.bias"].all()
+
+
+def test_bisection_prunes_lowest_scores_first_and_the_largest_admissible_count(one_thread):
+    m = _model("tiny-resnet", {})
+    groups = neuron_groups(m, (1, 8, 8))
+    counted = []
+
+    def evaluate(mm):  # the criterion: how many neurons are dead (monotone in the count)
+        masks = {n: p.detach().ne(0) for n, p in mm.named_parameters()}
+        dead = sum(int((~group_alive(g, masks)).sum()) for g in groups)
+        counted.append(dead)
+        return float(dead)
+
+    res = find_neuron_threshold(m, full_masks(m), groups, evaluate, lambda v: v <= 5)
+    assert res.pruned == 5 and res.value == 5.0 and sum(res.per_group.values()) == 5
+    assert res.evaluations <= 5  # ⌈log2 candidates⌉ + 1
+    # The model is unchanged; the five pruned neurons are the five lowest-scored candidates.
+    assert all(p.ne(0).any() for p in m.parameters())
+    again = find_neuron_threshold(m, full_masks(m), groups, evaluate, lambda v: v <= 4)
+    dead4 = {(g.root, i) for g in groups for i in range(g.size) if not group_alive(g, again.masks)[i]}
+    dead5 = {(g.root, i) for g in groups for i in range(g.size) if not group_alive(g, res.masks)[i]}
+    assert dead4 < dead5
+
+
+def test_scale_free_score_ignores_a_layer_rescaling():
+    from edgeprune.threshold.neurons import neuron_scores
+
+    m = _model("lenet5", {})
+    groups = neuron_groups(m, (1, 28, 28))
+    g = next(gr for gr in groups if gr.root == "3")
+    alive = torch.ones(g.size, dtype=torch.bool)
+    before = neuron_scores(m, g, alive)
+    with torch.no_grad():
+        m.get_submodule("3").weight.mul_(7.0)
+        m.get_submodule("3").bias.mul_(7.0)
+    assert torch.allclose(neuron_scores(m, g, alive), before)
+    with pytest.raises(ValueError, match="neuron score"):
+        neuron_scores(m, g, alive, "bogus")
