@@ -1,0 +1,86 @@
+"""scripts/compare_structured.py on a tiny ResNet-20 and synthetic data: every method runs through the real libraries
+(edgeprune's pipeline, Torch-Pruning, ONNX Runtime), the table has a row per method, and Torch-Pruning's model is
+pruned to its MACs target."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeprune.data._registry import DataBundle, TensorSplit
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_structured.py"
+
+
+@pytest.fixture(scope="module")
+def cs():
+    spec = importlib.util.spec_from_file_location("compare_structured", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compare_structured"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _synthetic(n_train=384, n_eval=128, classes=3, seed=0) -> DataBundle:
+    """Three classes told apart by which quadrant of an 8×8 image is bright: learnable in one epoch."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        y = torch.randint(0, classes, (n,), generator=g)
+        x = 0.3 * torch.randn(n, 1, 8, 8, generator=g)
+        for c in range(classes):
+            r, q = divmod(c, 2)
+            x[y == c, :, 4 * r: 4 * r + 4, 4 * q: 4 * q + 4] += 1.0
+        return TensorSplit(x, y)
+
+    return DataBundle("synthetic", split(n_train), split(n_eval), split(n_eval), (1, 8, 8), classes, "")
+
+
+def test_tiny_comparison(cs, tmp_path, one_thread):
+    settings = cs.Settings(arch="resnet20-cifar", width=4, epochs=2, baseline_epochs=2, train_subset=None,
+                           batch_size=32, bench_runs=20, bench_warmup=2, bench_block=5, bench_warmup_seconds=0.0)
+    methods = "a,b,c,d" if cs.has_prune_field() else "b,c"
+    report = cs.run(settings, tmp_path, _synthetic(), methods=methods, command="pytest")
+
+    keys = [cs.METHODS[m].key for m in methods.split(",")]
+    assert list(report["methods"]) == keys
+    table = (tmp_path / "comparison.md").read_text()
+    for key in keys:
+        r = report["methods"][key]
+        assert "skipped" not in r, r.get("skipped")
+        assert f"| {r['label']} |" in table
+        assert r["training_epochs"] == settings.epochs
+        assert 0.0 <= r["top1_error"] <= 1.0
+        assert r["onnx_bytes"] > 0 and 0 < r["onnx_7z_bytes"]
+        assert (tmp_path / key / "result.json").exists()
+        speed = report["latency"][key]
+        assert math.isfinite(speed["speedup_median"]) and speed["speedup_median"] > 0
+        lo, hi = speed["speedup_interval"]["ci95"]
+        assert 0 < lo <= hi < math.inf
+        assert len(r["channels"]) == len(report["dense"]["channels"])
+
+    tp = report["methods"]["tp-groupnorm-sl"]
+    dense_macs = report["dense"]["macs"]
+    target = tp["tp"]["macs_target"]
+    assert tp["macs"] < dense_macs
+    assert abs(tp["macs"] / target - 1.0) <= settings.macs_tolerance
+    if "serene-lb-neurons" in report["methods"]:
+        assert target == report["methods"]["serene-lb-neurons"]["macs"]
+    else:
+        assert target == int(0.5 * dense_macs)
+    assert sum(tp["channels"][:-1]) < sum(report["dense"]["channels"][:-1])
+    assert tp["channels"][-1] == report["dense"]["channels"][-1]  # the output layer is never pruned
+    # TP's regularization dose Σ lr·reg equals its CIFAR recipe's over this run's sparse-learning steps.
+    steps = math.ceil(len(_synthetic().train) / settings.batch_size) * settings.tp_split()[0]
+    assert tp["config"]["reg"] * settings.tp_lr * steps == pytest.approx(cs.TP_REF_REG * cs.TP_REF_LR_STEPS)
+
+    # A rerun reuses a method's result.json (and the baseline) and measures the latency again.
+    again = cs.run(settings, tmp_path, _synthetic(), methods="c", command="pytest")
+    assert again["methods"] == {"tp-groupnorm-sl": tp}
+    assert again["dense"]["top1_error"] == report["dense"]["top1_error"]
+    assert set(again["latency"]) == {"dense", "bench", "tp-groupnorm-sl"}
