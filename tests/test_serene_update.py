@@ -136,3 +136,25 @@ def test_conv_sensitivity_config_field():
     del data["conv_sensitivity"]
     assert CompressConfig.from_dict(data).conv_sensitivity == "mean"
 
+
+
+def test_state_recorded_before_the_field_resumes_with_the_sum(tmp_path):
+    """A run recorded without conv_sensitivity summed over positions: it resumes that way, not with the new mean."""
+    from edgeprune.errors import ConfigError
+    from edgeprune.regularize.config import CompressConfig
+    from edgeprune.regularize.loop import STATE_FORMAT, _load_state
+
+    recorded = CompressConfig().to_dict()
+    del recorded["conv_sensitivity"]
+    config = CompressConfig.from_dict(recorded, recorded=True)  # what --resume rebuilds from the run's manifest
+    assert config.conv_sensitivity == "sum"
+    model = create_model("tiny-mlp")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    saved = config.comparable()
+    del saved["conv_sensitivity"]
+    path = tmp_path / "state.pt"
+    torch.save({"format": STATE_FORMAT, "config": saved, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(), "epoch": 3, "masks": full_masks(model)}, path)
+    assert _load_state(path, "cpu", config)["epoch"] == 3
+    with pytest.raises(ConfigError, match="conv_sensitivity"):
+        _load_state(path, "cpu", CompressConfig.from_dict({**recorded, "conv_sensitivity": "mean"}, recorded=True))
