@@ -245,25 +245,152 @@ def test_output_layer_is_never_cut_and_input_is_untouched():
 
 
 class Grouped(nn.Module):
+    """c1 → ReLU → c2 (3x3, padded, 6 groups of 2) → BN → ReLU → c3 (1x1) → Flatten → Linear."""
+
     def __init__(self):
         super().__init__()
-        self.c1 = nn.Conv2d(1, 8, 3)
-        self.c2 = nn.Conv2d(8, 8, 3, groups=2)
-        self.fc = nn.Linear(8 * 2 * 2, 3)
+        self.c1 = nn.Conv2d(1, 12, 3)
+        self.c2 = nn.Conv2d(12, 12, 3, padding=1, groups=6)
+        self.bn = nn.BatchNorm2d(12)
+        self.c3 = nn.Conv2d(12, 4, 1)
+        self.fc = nn.Linear(4 * 4 * 4, 3)
 
     def forward(self, x):
-        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).flatten(1))
+        return self.fc(self.c3(torch.relu(self.bn(self.c2(torch.relu(self.c1(x)))))).flatten(1))
 
 
-def test_grouped_conv_is_refused():
+def dead_groups_model() -> Grouped:
     m = Grouped().eval()
-    res = surgery(m, (1, 6, 6))  # nothing dead: nothing to refuse
+    randomize_bn(m)
+    with torch.no_grad():
+        # group 0: both inputs provably zero; c2's kernel lives, so the group emits its bias (folded into c3).
+        m.c1.weight[0:2] = 0
+        m.c1.bias[0:2] = 0
+        # group 1: everything dead, BN included.
+        m.c1.weight[2:4] = 0
+        m.c1.bias[2:4] = 0
+        m.c2.weight[2:4] = 0
+        m.c2.bias[2:4] = 0
+        m.bn.weight[2:4] = 0
+        m.bn.bias[2:4] = 0
+        # group 2: one of its two inputs dead, the rest alive: partly dead, must stay.
+        m.c1.weight[4] = 0
+        m.c1.bias[4] = 0
+        # group 3: c2's whole group is zero (its inputs, alive, are read by nobody else); BN β leaves a constant.
+        m.c2.weight[6:8] = 0
+        m.c2.bias[6:8] = 0
+        m.bn.weight[6:8] = 0
+        m.bn.bias[6:8] = 1.5
+    return m
+
+
+def test_grouped_conv_loses_whole_dead_groups_only(tmp_path):
+    from edgeprune.surgery.replay import replay
+
+    m = dead_groups_model()
+    m.edgeprune_arch = {"name": "grouped-test"}
+    res = surgery(m, (1, 6, 6))
+    slim = res.model
+    assert res.report["grouped_convs"] == [{
+        "layer": "c2", "groups_before": 6, "groups_after": 3, "groups_cut": [0, 1, 3],
+        "groups_kept_partly_dead": {"2": "group 2 of c2 (groups=6) is not entirely dead: 1 of its 2 input channels "
+                                         "and 2 of its 2 output channels are not removable"}}]
+    assert (slim.c2.groups, slim.c2.in_channels, slim.c2.out_channels) == (3, 6, 6)
+    assert slim.c2.weight.shape == (6, 2, 3, 3)
+    assert res.removed["c1"] == [0, 1, 2, 3, 6, 7] and res.removed["c2"] == [0, 1, 2, 3, 6, 7]
+    assert slim.bn.num_features == 6 and slim.c3.in_channels == 6
+    assert [(k["layer"], k["channel"]) for k in res.report["kept"]] == [("c1", 4)]
+    assert "group 2 of c2" in res.report["kept"][0]["reason"]
+    x = torch.randn(8, 1, 6, 6)
+    with torch.no_grad():
+        ref = m(x)
+        assert (slim(x) - ref).abs().max() <= 1e-5 * ref.abs().max()
+    # The recorded surgery rebuilds the same slim model from the dense architecture.
+    spec = slim.edgeprune_arch["surgery"]
+    assert spec["version"] == 2 and ["c2", "cut_conv_groups", [0, 1, 3]] in spec["steps"]
+    rebuilt = replay(Grouped(), spec)
+    rebuilt.load_state_dict(slim.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), slim(x))
+
+
+def test_grouped_conv_with_no_whole_dead_group_keeps_its_channels():
+    m = Grouped().eval()
+    res = surgery(m, (1, 6, 6))  # nothing dead: nothing to cut
     assert res.report["channels_removed"] == 0
     with torch.no_grad():
         m.c1.weight[3] = 0
         m.c1.bias[3] = 0
-    with pytest.raises(SurgeryError, match="grouped convolution c2"):
-        surgery(m, (1, 6, 6))
+    res = surgery(m, (1, 6, 6))
+    assert res.report["channels_removed"] == 0 and res.model.c2.groups == 6
+    assert res.report["kept"] == [{"layer": "c1", "channel": 3, "reason": "group 1 of c2 (groups=6) is not entirely "
+                                                                           "dead: 1 of its 2 input channels and 2 of "
+                                                                           "its 2 output channels are not removable"}]
+
+
+# --- every output is verified, and outputs are consumers -----------------------------------------------------------
+
+
+class TwoOutputs(nn.Module):
+    """Returns (logits, embedding); the embedding is fc1's output, also fed to the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc0 = nn.Linear(8, 10)
+        self.fc1 = nn.Linear(10, 6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        emb = self.fc1(torch.relu(self.fc0(x.flatten(1))))
+        return self.fc2(torch.relu(emb)), emb
+
+
+def test_a_channel_reaching_a_model_output_stays_and_every_output_is_verified():
+    m = TwoOutputs().eval()
+    with torch.no_grad():
+        m.fc1.weight[4] = 0
+        m.fc1.bias[4] = 0  # dead for the classifier, but it is embedding feature 4
+        m.fc0.weight[7] = 0
+        m.fc0.bias[7] = 0  # an internal neuron: it goes
+    res = surgery(m, (1, 2, 4))
+    assert res.model.fc1.out_features == 6 and "fc1" not in res.removed
+    assert res.removed["fc0"] == [7]
+    assert any(s["layer"] == "fc1" and "model output" in s["reason"] for s in res.report["skipped_groups"])
+    outs = res.report["verification"]["outputs"]
+    assert [(o["output"], o["shape"]) for o in outs] == [("output[0]", [2, 3]), ("output[1]", [2, 6])]
+    assert all(o["relative_diff"] <= 1e-5 for o in outs)
+
+
+class DictOutputs(TwoOutputs):
+    def forward(self, x):
+        logits, emb = super().forward(x)
+        return {"logits": logits, "embedding": torch.tanh(emb)}
+
+
+def test_narrowed_output_is_a_shape_error_and_a_changed_one_a_value_error():
+    m = DictOutputs().eval()
+    with torch.no_grad():
+        m.fc2.weight[:, 5] = 0  # the classifier ignores embedding feature 5
+    narrow = DictOutputs().eval()
+    narrow.fc1, narrow.fc2 = nn.Linear(10, 5), nn.Linear(5, 3)
+    x = [torch.randn(4, 1, 2, 4)]
+    with pytest.raises(SurgeryError, match=r"output\['embedding'\] \(4, 5\).*output\['embedding'\] \(4, 6\)"):
+        verify(m, narrow, x, {}, 1e-5)
+    changed = DictOutputs().eval()
+    changed.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        changed.fc1.bias[5] += 1.0  # only the embedding moves; the logits stay identical
+        assert torch.equal(changed(x[0])["logits"], m(x[0])["logits"])
+    with pytest.raises(SurgeryError, match=r"output\['embedding'\] differs"):
+        verify(m, changed, x, {}, 1e-5)
+    # The embedding leaves through tanh (a graph output that is no layer): surgery still keeps its width.
+    with torch.no_grad():
+        m.fc1.weight[2] = 0
+        m.fc1.bias[2] = 0
+    res = surgery(m, (1, 2, 4))
+    assert res.model.fc1.out_features == 6
+    assert any(s["layer"] == "fc1" and "output" in s["reason"] for s in res.report["skipped_groups"])
+    assert [o["output"] for o in res.report["verification"]["outputs"]] == ["output['logits']", "output['embedding']"]
 
 
 def test_verification_names_the_diverging_layer():

@@ -2,7 +2,8 @@
 
 The expected parameter count is computed here from the dead set and the layer shapes alone: a removed channel takes
 its producers' weight rows and biases, its BN γ/β and its consumers' weight columns; a constant channel is removed
-only when every consumer is a Linear or an unpadded, ungrouped conv (exact fold), otherwise kept.
+only when every consumer is a Linear or an unpadded, ungrouped conv (exact fold), otherwise kept. Grouped convs
+(ResNeXt, RegNet) lose whole dead groups and keep partly dead ones.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from edgeprune.models import create_model, input_shape_of
 from edgeprune.surgery import surgery
-from edgeprune.surgery.synthetic import kill_random_channels, randomize_bn
+from edgeprune.surgery.synthetic import kill_conv_groups, kill_random_channels, randomize_bn
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -136,3 +137,32 @@ def test_torchvision_densenet121(seed, fraction, constant_fraction):
 def test_torchvision_vgg16_bn():
     # 138 M parameters: one fixed dead set (half the channels, a third of them constant) is enough.
     check_model("torchvision:vgg16_bn", (3, 32, 32), seed=3, fraction=0.5, constant_fraction=0.3)
+
+
+@pytest.mark.parametrize("name", ["regnet_x_400mf", "resnext50_32x4d"])
+def test_torchvision_grouped_convs_lose_whole_dead_groups(name):
+    """Whole groups killed in every grouped conv (inputs, outputs, BN; a third of them constant), one input channel
+    killed in some other groups, and half of every other coupled group killed: dead groups leave, partly dead ones
+    stay with a reason naming the conv, and the slim model computes the same."""
+    shape = (3, 64, 64)
+    model = create_model(f"torchvision:{name}").eval()
+    randomize_bn(model, 0)
+    killed = kill_conv_groups(model, shape, fraction=0.4, partial_fraction=0.2, constant_fraction=0.3, seed=1)
+    kill_random_channels(model, shape, 0.5, 0.3, seed=2)
+    assert len(killed) >= 10
+    res = surgery(model, shape)
+    by_layer = {c["layer"]: c for c in res.report["grouped_convs"]}
+    assert set(by_layer) == set(killed)
+    for conv, k in killed.items():
+        c = by_layer[conv]
+        assert c["groups_cut"] == k["dead"], conv
+        layer = res.model.get_submodule(conv)
+        assert layer.groups == c["groups_after"] == c["groups_before"] - len(k["dead"])
+        # Each partly dead group keeps its one dead input, with a reason naming the conv.
+        assert not set(k["partial"]) & set(c["groups_cut"])
+        assert sum(conv in kept["reason"] for kept in res.report["kept"]) == len(k["partial"]), conv
+    assert res.report["params_after"] < 0.6 * res.report["params_before"]
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        a, b = model(x), res.model(x)
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()

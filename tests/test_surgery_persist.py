@@ -11,7 +11,7 @@ from edgeprune.checkpoint import build_model, load_checkpoint, save_checkpoint
 from edgeprune.cli import main
 from edgeprune.models import create_model, input_shape_of
 from edgeprune.surgery import surgery, surgery_checkpoint
-from edgeprune.surgery.synthetic import kill_random_channels, randomize_bn
+from edgeprune.surgery.synthetic import kill_conv_groups, kill_random_channels, randomize_bn
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,6 +61,32 @@ def test_second_surgery_appends_steps(tmp_path):
     x = torch.randn(3, *shape)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), second.model(x))
+
+
+def test_grouped_cuts_rebuild_from_the_spec(tmp_path):
+    """RegNetX-400MF with whole groups of its grouped convs dead: the spec records the group cuts (version 2), the
+    checkpoint rebuilds bit for bit, and a second surgery on the slim model appends to the same spec."""
+    name, shape = "torchvision:regnet_x_400mf", (3, 64, 64)
+    m = create_model(name).eval()
+    randomize_bn(m, 0)
+    kill_conv_groups(m, shape, seed=3)
+    kill_random_channels(m, shape, 0.3, 0.3, seed=4)
+    first = surgery(m, shape).model
+    spec = first.edgeprune_arch["surgery"]
+    json.dumps(spec)
+    assert spec["version"] == 2 and any(step[1] == "cut_conv_groups" for step in spec["steps"])
+    kill_conv_groups(first, shape, fraction=0.3, seed=5)
+    second = surgery(first, shape).model
+    steps = second.edgeprune_arch["surgery"]["steps"]
+    assert len(steps) > len(spec["steps"]) and steps[:len(spec["steps"])] == spec["steps"]
+    path = save_checkpoint(tmp_path / "slim.pt", second)
+    loaded = load_checkpoint(path)
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), second(x))
+        assert (second(x) - first(x)).abs().max() <= 1e-5 * first(x).abs().max()  # first: killed again
+    assert [mod.groups for mod in loaded.model.modules() if getattr(mod, "groups", 1) > 1] == \
+        [mod.groups for mod in second.modules() if getattr(mod, "groups", 1) > 1]
 
 
 def test_surgery_checkpoint_copies_meta(tmp_path):

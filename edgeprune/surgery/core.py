@@ -1,8 +1,9 @@
 """``surgery``: physically remove dead neurons and filters, giving a smaller dense model that computes the same.
 
 Zeros in a dense tensor save nothing on a phone; a slim model does. Steps: probe the masked model → group coupled
-channels (torch-pruning) → keep only channels dead in every member → fold constants into consumer biases → remove →
-verify slim against masked (max |Δ| ≤ tolerance · max |output|) → record the steps as a replayable arch spec.
+channels (torch-pruning) → keep only channels dead in every member (and whole groups of grouped convs) → fold
+constants into consumer biases → remove → verify every output of slim against masked (shapes; max |Δ| ≤
+tolerance · max |output|) → record the steps as a replayable arch spec.
 """
 
 from __future__ import annotations
@@ -113,8 +114,10 @@ def surgery(
 
     ``round_channels=N`` keeps a few extra dead channels so each cut layer's width is a multiple of N (ONNX Runtime
     runs multiples of 8 much faster). ``probe_batch`` (real inputs) joins the random probe and verification inputs.
-    Raises SurgeryError when a grouped conv would be cut or when the slim model's output differs by more than
-    ``tolerance`` · max |output|. The input model is not modified.
+    A grouped conv (ResNeXt, RegNet) loses whole groups only; channels of partly dead groups stay, with the reason
+    in ``report["kept"]`` and ``report["grouped_convs"]``. Channels that reach a model output directly are never
+    removed. Raises SurgeryError when any output of the slim model differs in shape, or in value by more than
+    ``tolerance`` · max |that output|. The input model is not modified.
     """
     SurgeryConfig(round_channels=round_channels, tolerance=tolerance)
     shape = tuple(int(s) for s in input_shape)
@@ -134,8 +137,9 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
     from ..summary import summarize
     from .detect import CONSUMERS, probe_inputs
     from .fold import apply_folds
-    from .plan import check_grouped, plan_group, round_plan
-    from .replay import SPEC_VERSION, build_graph, merge_specs, pruning_group, step_name
+    from .plan import is_grouped_conv, plan_group, reconcile_grouped, round_plan, zero_inputs_of
+    from .replay import CUT_GROUPS, build_graph, cut_conv_groups, merge_specs, output_nodes, prune_group, \
+        pruning_group, step_name
     from .verify import verify
 
     work = copy.deepcopy(masked).eval()
@@ -160,17 +164,33 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
 
     import torch_pruning as tp
 
-    plans = []
+    outputs = output_nodes(dg)
+    groups, plans = [], []
     with make_progress() as progress:
         task = progress.add_task("surgery: grouping", total=None, info="")
         for group in dg.get_all_groups(ignored_layers=[work.get_submodule(output_layer)],
                                        root_module_types=(tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
-            plan = plan_group(group, names, stats)
-            if round_channels:
-                round_plan(plan, round_channels)
-            check_grouped(plan)
-            plans.append(plan)
+            groups.append(group)
+            plans.append(plan_group(group, names, stats, outputs))
             progress.advance(task)
+    # A grouped conv whose whole input group is proven zero emits its bias there: plan the groups it feeds again
+    # with that evidence, until no new zero input appears (each pass can only add evidence downstream).
+    zero: dict[str, set[int]] = {}
+    while True:
+        found = zero_inputs_of(plans, stats)
+        if found == zero:
+            break
+        zero = found
+        for k, plan in enumerate(plans):
+            if any(side == "out" and conv in zero for conv, side, _ in plan.grouped):
+                plans[k] = plan_group(groups[k], names, stats, outputs, zero)
+    if round_channels:
+        # Rounding keeps single channels, which a grouped conv cannot lose one at a time: its groups stay unrounded.
+        for plan in plans:
+            if not plan.grouped:
+                round_plan(plan, round_channels)
+    grouped = {n: m for n, m in work.named_modules() if is_grouped_conv(m)}
+    cuts = reconcile_grouped(plans, grouped)
 
     folds: dict[str, dict[int, float]] = {}
     for plan in plans:
@@ -193,14 +213,20 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
                                    "report this with the model")
             fn = step_name(layer)
             _track_removal(group, names, kept)
-            group.prune(record_history=False)
+            prune_group(group)
             steps.append([plan.root, fn, list(plan.remove)])
             progress.update(task, advance=1, info=plan.root)
+    # torch-pruning skipped the grouped convs' own weights; whole groups leave them now (original group indices).
+    for name, cut in cuts.items():
+        if cut.cut:
+            cut_conv_groups(work.get_submodule(name), cut.cut)
+            steps.append([name, CUT_GROUPS, list(cut.cut)])
     work.eval()
     verification = verify(masked, work, check, kept, tolerance)
 
     removed = {n: sorted(set(range(sizes[n])) - set(k)) for n, k in kept.items()}
-    spec = {"version": SPEC_VERSION, "input_shape": list(shape), "bias_added": bias_added, "steps": steps}
+    version = 2 if any(step[1] == CUT_GROUPS for step in steps) else 1
+    spec = {"version": version, "input_shape": list(shape), "bias_added": bias_added, "steps": steps}
     arch = getattr(masked, "edgeprune_arch", None)
     if arch is not None:
         work.edgeprune_arch = {**copy.deepcopy(arch), "surgery": merge_specs(arch.get("surgery"), spec)}
@@ -223,6 +249,10 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
         "bias_added": bias_added,
         "kept": [{"layer": p.root, "channel": r, "reason": why} for p in plans for r, why in sorted(p.kept.items())],
         "skipped_groups": [{"layer": p.root, "reason": p.skipped} for p in plans if p.skipped],
+        "grouped_convs": [{"layer": c.name, "groups_before": c.groups, "groups_after": c.groups - len(c.cut),
+                           "groups_cut": c.cut, "groups_kept_partly_dead": {str(j): why for j, why in
+                                                                            sorted(c.partial.items())}}
+                          for c in cuts.values()],
         "verification": verification,
         "steps": len(steps),
         "seconds": round(time.perf_counter() - t0, 3),

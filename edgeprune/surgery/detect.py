@@ -30,27 +30,37 @@ CONSUMERS = CONVS + (nn.Linear,)
 def weight_rows_zero(layer: nn.Module, idxs: list[int], atol: float = PARAM_ATOL) -> list[bool]:
     """Per output index: is the layer's whole weight row (all inputs, all taps) zero?"""
     w = layer.weight.detach()
+    if not len(idxs):
+        return []
     if isinstance(layer, CONVS) and layer.transposed:
-        # ConvTranspose weight is (in, out/groups, k...); groups > 1 transposed convs are refused upstream.
+        if layer.groups > 1:
+            # (in, out/groups, k...): an output's row is spread over its group's inputs; never claimed.
+            return [False] * len(idxs)
         w = w.transpose(0, 1)
     rows = w[torch.as_tensor(idxs, dtype=torch.long, device=w.device)]
-    return (rows.reshape(len(idxs), -1).abs().amax(1) <= atol).tolist() if len(idxs) else []
+    return (rows.reshape(len(idxs), -1).abs().amax(1) <= atol).tolist()
+
+
+def input_columns(layer: nn.Module) -> torch.Tensor:
+    """The weight as one row per input channel / feature: every weight that reads that input. A grouped conv's
+    input k is read only by the outputs of its own group (k // (in/groups)), at column k % (in/groups)."""
+    w = layer.weight.detach()
+    if isinstance(layer, CONVS):
+        if layer.transposed:
+            return w.reshape(w.shape[0], -1)
+        g = layer.groups
+        per_out, per_in = layer.out_channels // g, layer.in_channels // g
+        return w.reshape(g, per_out, per_in, -1).permute(0, 2, 1, 3).reshape(layer.in_channels, -1)
+    return w.t()
 
 
 def weight_cols_zero(layer: nn.Module, idxs: list[int], atol: float = PARAM_ATOL) -> list[bool]:
-    """Per input index: does the layer ignore that input (its whole weight column is zero)? Grouped convs: never
-    claimed (their columns are not separable here)."""
-    w = layer.weight.detach()
+    """Per input index: does the layer ignore that input (every weight reading it is zero)?"""
     if not len(idxs):
         return []
-    if isinstance(layer, CONVS):
-        if layer.groups > 1:
-            return [False] * len(idxs)
-        w = w if layer.transposed else w.transpose(0, 1)
-    else:
-        w = w.t()
-    cols = w[torch.as_tensor(idxs, dtype=torch.long, device=w.device)]
-    return (cols.reshape(len(idxs), -1).abs().amax(1) <= atol).tolist()
+    cols = input_columns(layer)
+    cols = cols[torch.as_tensor(idxs, dtype=torch.long, device=cols.device)]
+    return (cols.abs().amax(1) <= atol).tolist()
 
 
 @dataclasses.dataclass

@@ -6,8 +6,13 @@ flatten → Linear). Removing root channel r is exact only when
     a depthwise conv may instead receive a provable zero on r),
   * every consumer sees a constant on it in the probe, and
   * the constant is zero, or every consumer can absorb it into its bias (Linear; conv without padding);
-or when every consumer ignores the channel (all-zero weight columns): then its value does not matter.
-Anything else keeps the channel, with the reason recorded.
+or when every consumer ignores the channel (all-zero weight columns): then its value does not matter; a consumer
+that ignores a channel sets no condition on it.
+
+Grouped convolutions (1 < groups < channels; ResNeXt, RegNet) cannot lose single channels: a group of such a conv
+leaves as a whole — its input channels from the group feeding it and its output channels from the group it feeds,
+all removable — and every other removable channel touching it is kept with the reason (:func:`reconcile_grouped`).
+The layer itself is then rebuilt with fewer groups (replay.cut_conv_groups), not by torch-pruning.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import math
 
 import torch.nn as nn
 
-from ..errors import SurgeryError
 from .detect import CONVS, ChannelStats, weight_cols_zero, weight_rows_zero
 
 
@@ -32,7 +36,10 @@ class GroupPlan:
     kept: dict[int, str] = dataclasses.field(default_factory=dict)
     """Root index whose producers are all zero but which stays → why."""
     skipped: str | None = None
-    grouped_convs: list[str] = dataclasses.field(default_factory=list)
+    grouped: list[tuple[str, str, list[tuple[int, int]]]] = dataclasses.field(default_factory=list)
+    """Grouped convs in this group: (name, "in" or "out", [(index in that conv, root index)])."""
+    proven: set[int] = dataclasses.field(default_factory=set)
+    """Root indices every producer of the group leaves constant (parameter evidence)."""
 
 
 def _allowed_types():
@@ -43,7 +50,8 @@ def _allowed_types():
 
 
 def is_grouped_conv(m: nn.Module) -> bool:
-    """1 < groups and not a plain depthwise conv (groups == in == out): torch-pruning cannot cut these consistently."""
+    """1 < groups and not a plain depthwise conv (groups == in == out): torch-pruning cannot cut these consistently,
+    so surgery cuts them itself, a whole group at a time (see :func:`reconcile_grouped`)."""
     return isinstance(m, CONVS) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels)
 
 
@@ -70,8 +78,29 @@ def _describe(dep) -> str:
     return dep.target.name.split(" (")[0]
 
 
-def plan_group(group, names: dict[nn.Module, str], stats: dict[str, ChannelStats]) -> GroupPlan:
-    """Decide which of a group's root channels can leave (see module docstring)."""
+def _output_reached(it, outputs: set) -> str | None:
+    """Why this member's channels are part of the model's interface (its output tensor leaves the model), or None.
+    A conv / linear that only *reads* the group's channels keeps its output width."""
+    import torch_pruning as tp
+
+    node = it.dep.target
+    if node.type == tp.ops.OPTYPE.OUTPUT:
+        return f"these channels reach a model output (shape {list(node.module.shape)[1:]} per sample) directly"
+    if node not in outputs:
+        return None
+    if node.type in (tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.LINEAR) and it.dep.handler.__name__ == "prune_in_channels":
+        return None
+    return f"{_describe(it.dep)} is a model output: its channels are part of the model's interface"
+
+
+def plan_group(group, names: dict[nn.Module, str], stats: dict[str, ChannelStats], outputs: set = frozenset(),
+               zero_inputs: dict[str, set[int]] | None = None) -> GroupPlan:
+    """Decide which of a group's root channels can leave (see module docstring).
+
+    ``outputs``: torch-pruning nodes whose output is a model output (their channels are never removed).
+    ``zero_inputs``: grouped conv name → its input channels proven zero (by the plan of the group feeding it); a
+    group of such a conv whose inputs are all zero outputs just its bias, like a depthwise conv fed zero.
+    """
     import torch_pruning as tp
 
     items = list(group.items)
@@ -82,14 +111,24 @@ def plan_group(group, names: dict[nn.Module, str], stats: dict[str, ChannelStats
     producers, consumers = [], []
     for it in items:
         node = it.dep.target
+        reached = _output_reached(it, outputs)
+        if reached:
+            plan.skipped = reached
+            return plan
         if node.type not in allowed:
             plan.skipped = f"{_describe(it.dep)} ({node.type.name}) is not supported by exact surgery"
             return plan
         mod = node.module
+        reads = it.dep.handler.__name__ == "prune_in_channels"
+        if is_grouped_conv(mod) and node.type == tp.ops.OPTYPE.DEPTHWISE_CONV:
+            # groups == out_channels != in_channels: torch-pruning couples its inputs and outputs one to one.
+            plan.skipped = f"{names[mod]} (groups == out channels != in channels) is not supported by exact surgery"
+            return plan
         if is_grouped_conv(mod):
-            plan.grouped_convs.append(names[mod])
+            plan.grouped.append((names[mod], "in" if reads else "out",
+                                 [(int(i), int(r)) for i, r in zip(it.idxs, it.root_idxs)]))
         if node.type in (conv_t, lin_t):
-            (consumers if it.dep.handler.__name__ == "prune_in_channels" else producers).append(it)
+            (consumers if reads else producers).append(it)
         elif node.type == tp.ops.OPTYPE.DEPTHWISE_CONV:
             producers.append(it)
     if not consumers:
@@ -106,31 +145,44 @@ def plan_group(group, names: dict[nn.Module, str], stats: dict[str, ChannelStats
             # the constant is 0; zero padding keeps it 0) outputs just its bias there, whatever its kernel.
             silent = s.constant() & s.zero()
             zeros = [z or bool(silent[i]) for z, i in zip(zeros, it.idxs)]
+        elif is_grouped_conv(mod) and not mod.transposed and zero_inputs and names[mod] in zero_inputs:
+            # Same for a grouped conv whose whole input group is proven zero: those outputs are just the bias.
+            fed_zero = zero_inputs[names[mod]]
+            per_in, per_out = mod.in_channels // mod.groups, mod.out_channels // mod.groups
+            silent_groups = {j for j in range(mod.groups)
+                             if all(j * per_in + k in fed_zero for k in range(per_in))}
+            zeros = [z or int(i) // per_out in silent_groups for z, i in zip(zeros, it.idxs)]
         for zero, r in zip(zeros, it.root_idxs):
             if not zero:
                 dead.discard(r)
+    plan.proven = set(dead)
     # A channel every consumer ignores (all-zero weight columns) leaves whatever it carries: no fold needed.
     unused = set(items[0].root_idxs)
-    for it in consumers:
+    ignores: dict[int, set[int]] = {}
+    for n, it in enumerate(consumers):
         for zero, r in zip(weight_cols_zero(it.dep.target.module, list(it.idxs)), it.root_idxs):
-            if not zero:
+            if zero:
+                ignores.setdefault(n, set()).add(r)
+            else:
                 unused.discard(r)
     dead -= unused
     if not dead and not unused:
         return plan
-    for it in consumers:
+    for n, it in enumerate(consumers):
         mod = it.dep.target.module
         name = names[mod]
         s = stats.get(name)
+        ignored = ignores.get(n, set())
         if s is None:
             for r in it.root_idxs:
-                if r in dead:
+                if r in dead and r not in ignored:
                     plan.kept[r] = f"the probe never reached {name}"
             continue
         const, zero, mean = s.constant(), s.zero(), s.mean
         blocker = fold_blocker(mod, s)
         for idx, r in zip(it.idxs, it.root_idxs):
-            if r not in dead or r in plan.kept:
+            # A consumer whose weights never read the channel loses nothing when it goes: no condition from it.
+            if r not in dead or r in plan.kept or r in ignored:
                 continue
             if not bool(const[idx]):
                 plan.kept[r] = f"input {idx} of {name} varies on the probe although its producers are zero"
@@ -151,6 +203,88 @@ def plan_group(group, names: dict[nn.Module, str], stats: dict[str, ChannelStats
     return plan
 
 
+def zero_inputs_of(plans: list[GroupPlan], stats: dict[str, ChannelStats]) -> dict[str, set[int]]:
+    """Grouped conv name → input channels proven zero: constant by parameter evidence in the feeding group, and
+    zero where the conv reads them on the probe."""
+    out: dict[str, set[int]] = {}
+    for plan in plans:
+        for conv, side, pairs in plan.grouped:
+            s = stats.get(conv)
+            if side != "in" or s is None or s.calls > 1:
+                continue
+            silent = s.constant() & s.zero()
+            hit = {i for i, r in pairs if r in plan.proven and bool(silent[i])}
+            if hit:
+                out.setdefault(conv, set()).update(hit)
+    return out
+
+
+@dataclasses.dataclass
+class GroupedCut:
+    """What happens to one grouped conv: the groups cut out (indices of the original layer) and why others stay."""
+
+    name: str
+    groups: int
+    cut: list[int] = dataclasses.field(default_factory=list)
+    partial: dict[int, str] = dataclasses.field(default_factory=dict)
+    """Group index → why it stays although some of its channels were removable."""
+
+
+def reconcile_grouped(plans: list[GroupPlan], convs: dict[str, nn.Module]) -> dict[str, GroupedCut]:
+    """Make every removal consistent with the grouped convs it touches: a group of conv G is cut only when all of
+    its input channels (in the group feeding G) and all of its output channels (in the group G feeds) are removable;
+    every other removable channel of G's inputs or outputs is kept, with the reason. Repeated until stable, as
+    keeping a channel for one grouped conv can leave a group of another one partly removable."""
+    cuts = {name: GroupedCut(name, m.groups) for name, m in convs.items()}
+    while True:
+        removable: dict[tuple[str, str], set[int]] = {}
+        for plan in plans:
+            rm = set(plan.remove)
+            for conv, side, pairs in plan.grouped:
+                removable.setdefault((conv, side), set()).update(i for i, r in pairs if r in rm)
+        changed = False
+        for name, m in convs.items():
+            g = m.groups
+            per = {"in": m.in_channels // g, "out": m.out_channels // g}
+            why: dict[int, str] = {}
+            cut = []
+            for j in range(g):
+                missing = {}
+                for side in ("in", "out"):
+                    span = list(range(j * per[side], (j + 1) * per[side]))
+                    live = [i for i in span if i not in removable.get((name, side), set())]
+                    if live:
+                        missing[side] = live
+                if m.transposed:
+                    why[j] = "transposed grouped convolutions are not cut"
+                elif missing:
+                    parts = [f"{len(v)} of its {per[side]} {side}put channels" for side, v in missing.items()]
+                    why[j] = (f"group {j} of {name} (groups={g}) is not entirely dead: {' and '.join(parts)} "
+                              f"{'are' if len(missing) > 1 or len(next(iter(missing.values()))) > 1 else 'is'} "
+                              "not removable")
+                else:
+                    cut.append(j)
+            if len(cut) == g:
+                j = cut.pop()
+                why[j] = f"group {j} of {name}: a grouped conv keeps at least one group"
+            cuts[name].cut = cut
+            blocked = {side: {i: why[i // per[side]] for i in range(m.in_channels if side == "in" else m.out_channels)
+                              if i // per[side] in why} for side in ("in", "out")}
+            for plan in plans:
+                for conv, side, pairs in plan.grouped:
+                    if conv != name:
+                        continue
+                    for i, r in pairs:
+                        if i in blocked[side] and r in plan.remove:
+                            plan.kept[r] = blocked[side][i]
+                            plan.remove = [x for x in plan.remove if x != r]
+                            plan.folds.pop(r, None)
+                            cuts[name].partial[i // per[side]] = blocked[side][i]
+                            changed = True
+        if not changed:
+            return cuts
+
+
 def round_plan(plan: GroupPlan, multiple: int) -> None:
     """Keep the fewest removable channels so the root layer's width is a multiple of ``multiple`` (or its full
     width). Channels that need a fold are kept first: keeping them costs nothing extra to fold."""
@@ -167,12 +301,3 @@ def round_plan(plan: GroupPlan, multiple: int) -> None:
         plan.kept[r] = f"kept to round the width to a multiple of {multiple}"
         plan.folds.pop(r, None)
     plan.remove = sorted(set(plan.remove) - back)
-
-
-def check_grouped(plan: GroupPlan) -> None:
-    if plan.remove and plan.grouped_convs:
-        raise SurgeryError(
-            f"channels {plan.remove[:8]}{'…' if len(plan.remove) > 8 else ''} of {plan.root} reach the grouped "
-            f"convolution {plan.grouped_convs[0]} (1 < groups < channels), which cannot be cut consistently; "
-            "revive those channels or keep the layer dense (e.g. exclude it from thresholding)"
-        )
