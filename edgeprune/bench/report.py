@@ -98,8 +98,9 @@ def markdown_section(result: BenchResult) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in (d.get("versions") or {}).items())
     warm = f"at least {result.warmup} warm-up runs" + (
         f" and {result.warmup_seconds:g} s" if result.warmup_seconds else "") + " per model discarded"
+    blocks = f"blocks of {result.block_size}" if result.block_size else "blocks"
     lines.append(f"Protocol: {warm}, {result.runs} timed runs per model in one process, models alternating in "
-                 f"blocks of {result.block_size}, fixed seeded input (seed {result.seed}).")
+                 f"{blocks}, fixed seeded input (seed {result.seed}).")
     machine = [f"{k}: {d[k]}" for k in ("cpu_model", "cores", "usable_cores", "platform", "load_average") if k in d]
     if machine:
         lines.append("Machine: " + "; ".join(machine) + ".")
