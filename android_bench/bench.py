@@ -28,7 +28,7 @@ import time
 
 from android_bench import __version__
 from android_bench._io import sha256_file, write_json_atomic
-from android_bench.device_info import collect_device_info, cores_of, max_temperature, read_thermal
+from android_bench.device_info import collect_device_info, read_thermal, select_cores
 from android_bench.errors import (
     AbiMismatchError,
     AndroidBenchError,
@@ -36,15 +36,23 @@ from android_bench.errors import (
     DeviceCommandError,
     DeviceDisconnectedError,
     RunnerCrashError,
+    RunnerNotStartedError,
+    RunnerTimeoutError,
 )
 from android_bench.runners.base import Runner, RunSpec, get_runner
-from android_bench.transport import AdbConnection
+from android_bench.transport import AdbConnection, normalize_newlines
 
 log = logging.getLogger(__name__)
 
 WORKDIR = "/data/local/tmp/edgeprune"
 POLL_INTERVAL_S = 0.25
 DEFAULT_BLOCK_TIMEOUT_S = 900.0
+
+
+def default_rounds(runs: int, paired: bool = True) -> int:
+    """Blocks per model when not given: ~100 runs each, between 2 (1 without a baseline) and 10, so 1,000 runs make
+    10 alternating blocks per model, enough for a block bootstrap of the speedup."""
+    return max(2 if paired else 1, min(10, runs // 100))
 
 
 def split_runs(runs: int, rounds: int) -> list[int]:
@@ -179,58 +187,130 @@ class _Session:
 
     # -- running ------------------------------------------------------------------------------------------------
     def cooldown(self, idle_c: float | None, limit_s: float, tolerance_c: float) -> dict:
-        """Wait until the hottest thermal zone is within ``tolerance_c`` of the idle baseline, at most ``limit_s``."""
-        start = time.monotonic()
-        temp = max_temperature(read_thermal(self.conn)) if idle_c is not None else None
-        while idle_c is not None and temp is not None and temp > idle_c + tolerance_c:
-            if time.monotonic() - start >= limit_s:
-                log.warning("still %.1f °C after %.0f s of cool-down (idle %.1f °C); running anyway",
-                            temp, limit_s, idle_c)
-                return {"cooldown_s": round(time.monotonic() - start, 3), "cooldown_reached": False,
-                        "start_temp_c": temp}
-            time.sleep(min(1.0, max(0.1, limit_s / 20)))
-            temp = max_temperature(read_thermal(self.conn))
-        return {"cooldown_s": round(time.monotonic() - start, 3), "cooldown_reached": True, "start_temp_c": temp}
+        """Wait until the hottest temperature is within ``tolerance_c`` of the idle baseline, at most ``limit_s``.
 
-    def run_block(self, spec: RunSpec, tag: str, pinned: list[int], timeout_s: float,
-                  status) -> tuple[list[float], list[dict]]:
-        """Start the runner detached, poll exit code + frequencies, pull and parse its output."""
+        Returns the outcome for the block record: ``cooldown_reached`` is True, False (still hot after ``limit_s``)
+        or None (no temperature could be read, so nothing was checked: never reported as success)."""
+        start = time.monotonic()
+        snap = read_thermal(self.conn)
+        temp = snap["max_temp_c"]
+
+        def outcome(reached, note=None):
+            return {"cooldown_s": round(time.monotonic() - start, 3), "cooldown_reached": reached,
+                    "start_temp_c": temp, "thermal_status": snap["status"], "cooldown_note": note}
+
+        if idle_c is None or temp is None:
+            note = "no temperature could be read on the device: cool-down was not checked"
+            log.warning(note)
+            return outcome(None, note)
+        while temp > idle_c + tolerance_c:
+            if time.monotonic() - start >= limit_s:
+                note = f"still {temp:.1f} °C after {limit_s:.0f} s of cool-down (idle {idle_c:.1f} °C); ran anyway"
+                log.warning(note)
+                return outcome(False, note)
+            time.sleep(min(1.0, max(0.1, limit_s / 20)))
+            snap = read_thermal(self.conn)
+            if snap["max_temp_c"] is None:
+                note = "the temperature could no longer be read during cool-down: not checked"
+                log.warning(note)
+                return outcome(None, note)
+            temp = snap["max_temp_c"]
+        return outcome(True)
+
+    def launch_command(self, spec: RunSpec, tag: str) -> str:
+        """The shell that starts the runner detached. Preparation runs first, then the start is its own statement
+        with every stream redirected and SIGHUP ignored: a PTY session's hang-up on exit can neither kill it nor be
+        kept open by it (backgrounding a whole ``a && b && nohup c &`` chain did both, depending on the daemon)."""
+        q = shlex.quote
+        out_dir = f"{self.workdir}/out"
+        out, rcf, pidf, logf = (f"{out_dir}/{tag}.{ext}" for ext in ("txt", "rc", "pid", "log"))
+        # The pid file holds the runner's own pid; the exit code is written when it ends.
+        inner = (f"( {self.runner.command(spec)} ) > {q(out)} 2>&1 < /dev/null & echo $! > {q(pidf)}; "
+                 f"wait $!; echo $? > {q(rcf)}")
+        return (f"mkdir -p {q(out_dir)} && cd {q(self.workdir)} && rm -f {q(out)} {q(rcf)} {q(pidf)} {q(logf)} "
+                f"|| exit $?\n"
+                f"trap '' HUP\n"
+                f"nohup sh -c {q(inner)} > {q(logf)} 2>&1 < /dev/null &\n")
+
+    def poll_command(self, tag: str, pinned: list[int]) -> str:
+        """Exit code (once there), runner pid, whether it lives, CPU ticks of it and its children, output size and
+        the pinned cores' clocks, in one round trip."""
         out_dir = f"{self.workdir}/out"
         out, rcf, pidf = (f"{out_dir}/{tag}.{ext}" for ext in ("txt", "rc", "pid"))
-        inner = f"echo $$ > {shlex.quote(pidf)}; ({self.runner.command(spec)}) > {shlex.quote(out)} 2>&1; " \
-                f"echo $? > {shlex.quote(rcf)}"
-        launch = (f"mkdir -p {shlex.quote(out_dir)} && cd {shlex.quote(self.workdir)} && rm -f {out} {rcf} {pidf} && "
-                  f"nohup sh -c {shlex.quote(inner)} > /dev/null 2>&1 < /dev/null &")
+        freq = " ".join(f"{c}:$(cat {d}/scaling_cur_freq 2>/dev/null):$(cat {d}/scaling_max_freq 2>/dev/null)"
+                        for c in pinned for d in [f"/sys/devices/system/cpu/cpu{c}/cpufreq"])
+        # utime + stime are fields 14 and 15 of /proc/PID/stat; after "pid (comm) " they are the 12th and 13th.
+        ticks = ('t() { s=$(cat /proc/$1/stat 2>/dev/null) || { echo 0; return; }; set -- $1 ${s##*) }; '
+                 'n=$(( ${13} + ${14} )); for k in $(pgrep -P $1 2>/dev/null); do n=$(( n + $(t $k) )); done; '
+                 'echo $n; }')
+        return (f"{ticks}; r=$(cat {rcf} 2>/dev/null); p=$(cat {pidf} 2>/dev/null); a=0; c=0; "
+                f'if [ -n "$p" ] && [ -d /proc/$p ]; then a=1; c=$(t $p); fi; '
+                f"z=$(wc -c < {out} 2>/dev/null); "
+                f'echo "__L rc=$r pid=$p alive=$a cpu=$c size=$(echo $z)"; echo __F {freq}')
+
+    def run_block(self, spec: RunSpec, tag: str, pinned: list[int], timeout_s: float, status, *,
+                  start_timeout_s: float = 10.0, stall_s: float = 60.0) -> tuple[list[float], list[dict]]:
+        """Start the runner detached, poll exit code + liveness + frequencies, pull and parse its output.
+
+        The runner must write its pid file within ``start_timeout_s``; a runner that neither uses CPU time nor
+        writes output for ``stall_s`` is stopped; one that vanished without an exit code is reported as such."""
+        out_dir = f"{self.workdir}/out"
+        out, pidf, logf = (f"{out_dir}/{tag}.{ext}" for ext in ("txt", "pid", "log"))
         # Never retried blindly: a second launch would run the model twice at once.
         self.running_pidf = pidf
-        _, rc = self.conn.run(launch, retry=False)
+        _, rc = self.conn.run(self.launch_command(spec, tag), retry=False)
         if rc != 0:
-            raise DeviceCommandError(f"could not start the runner on the device (exit code {rc})")
-        freq_cmd = " ".join(f"{c}:$(cat {d}/scaling_cur_freq 2>/dev/null):$(cat {d}/scaling_max_freq 2>/dev/null)"
-                            for c in pinned for d in [f"/sys/devices/system/cpu/cpu{c}/cpufreq"])
-        poll = f"cat {rcf} 2>/dev/null; echo __F {freq_cmd}"
+            raise DeviceCommandError(f"could not prepare {self.workdir} for the runner on the device (exit code {rc})")
+        poll = self.poll_command(tag, pinned)
         start = time.monotonic()
+        last_progress, progress_mark, dead_since = start, None, None
         samples: list[dict] = []
         while True:
             text, _ = self.conn.run(poll)
             head, _, freqs = text.partition("__F")
+            fields = dict(tok.partition("=")[::2] for tok in head.split() if "=" in tok)
             khz, cap = {}, {}
             for tok in freqs.split():
                 cpu, cur, top = (tok.split(":") + ["", ""])[:3]
                 if cpu.isdigit():
                     khz[int(cpu)] = int(cur) if cur.isdigit() else None
                     cap[int(cpu)] = int(top) if top.isdigit() else None
-            elapsed = time.monotonic() - start
+            now = time.monotonic()
+            elapsed = now - start
             if khz:
                 samples.append({"t": round(elapsed, 3), "khz": khz, "max_khz": cap})
                 status(khz)
-            code = head.strip()
+            code = fields.get("rc", "")
             if code.lstrip("-").isdigit():
                 break
+            if not fields.get("pid"):
+                if elapsed > start_timeout_s:
+                    self.running_pidf = None
+                    raise RunnerNotStartedError(
+                        f"{tag}: the runner never started on the device (no pid file after {start_timeout_s:.0f} s): "
+                        f"{self._device_text(logf, out)}")
+            elif fields.get("alive") == "0":
+                # Gone without an exit code: give the waiting shell a moment to write it, then say what happened.
+                dead_since = dead_since or now
+                if now - dead_since > 3.0:
+                    self.running_pidf = None
+                    raise RunnerCrashError(
+                        f"{tag}: runner {self.runner.name} vanished without an exit code (killed by the system, or "
+                        f"its session was hung up): {self._device_text(logf, out)}")
+            else:
+                mark = (fields.get("cpu"), fields.get("size"))
+                if mark != progress_mark:
+                    progress_mark, last_progress = mark, now
+                elif now - last_progress > stall_s:
+                    self.conn.run(_kill_tree(pidf))
+                    self.running_pidf = None
+                    raise RunnerTimeoutError(
+                        f"{tag}: the runner made no progress (no CPU time, no output) for {stall_s:.0f} s and was "
+                        f"stopped after {elapsed:.0f} s: it hangs on the device ({self._device_text(logf, out)})")
             if elapsed > timeout_s:
                 self.conn.run(_kill_tree(pidf))
                 self.running_pidf = None
-                raise BenchTimeoutError(
+                raise RunnerTimeoutError(
                     f"{tag}: the runner did not finish within {timeout_s:.0f} s and was stopped: lower --runs or "
                     f"raise the timeout"
                 )
@@ -239,10 +319,23 @@ class _Session:
         with tempfile.TemporaryDirectory(prefix="android_bench-") as tmp:
             local = pathlib.Path(tmp) / "out.txt"
             self.conn.pull(out, local)
-            output = local.read_text(errors="replace")
+            output = normalize_newlines(local.read_text(errors="replace"))
         if int(code) != 0:
             raise RunnerCrashError(f"runner {self.runner.name} exited with code {code}: {_tail(output)}")
         return self.runner.parse(output), samples
+
+    def thermal_after(self) -> dict:
+        """Temperatures and the platform's throttling status right after a block (empty if unreadable)."""
+        with contextlib.suppress(AndroidBenchError):
+            return read_thermal(self.conn)
+        return {}
+
+    def _device_text(self, *files: str) -> str:
+        """What the device said in the launch log / runner output (one line), for error messages."""
+        with contextlib.suppress(AndroidBenchError):
+            text, _ = self.conn.run("cat " + " ".join(shlex.quote(f) for f in files) + " 2>&1")
+            return _tail(text, 4)
+        return "(could not read the device's output)"
 
     def kill_stale(self, tag: str) -> None:
         pidf = f"{self.workdir}/out/{tag}.pid"
@@ -272,15 +365,25 @@ def run_benchmark(
     temp_tolerance_c: float = 2.0,
     idle_temp_c: float | None = None,
     auth_timeout_s: float = 30.0,
+    start_timeout_s: float = 10.0,
+    stall_s: float = 60.0,
+    reconnect_wait_s: float = 10.0,
 ) -> dict:
     """Time every model (and ``baseline``) ``runs`` times on the device ``serial``; return device record + raw samples.
 
-    ``rounds`` (default 2 with a baseline, else 1) splits ``runs`` into that many blocks per model, interleaved
-    baseline, model, baseline, model … so slow drifts (heat, background load) hit both alike. Raises a subclass of
+    ``rounds`` splits ``runs`` into that many blocks per model, each its own runner process, interleaved baseline,
+    model, baseline, model … so slow drifts (heat, background load) hit both alike and the statistics can resample
+    whole blocks; by default ``default_rounds(runs)`` (10 blocks for 1,000 runs). Raises a subclass of
     ``AndroidBenchError``; its ``partial_path`` holds everything measured before the failure.
 
+    ``cores``: ``big`` (default: every cluster but the slowest), ``prime`` (the fastest cluster), ``all``, or a
+    hex mask; threads default to the number of pinned cores.
+
     ``idle_temp_c`` is the cool-down target (default: the hottest thermal zone when the run starts);
-    ``auth_timeout_s`` is how long the user has to tap "Allow" on a phone that does not know this computer yet.
+    ``auth_timeout_s`` is how long the user has to tap "Allow" on a phone that does not know this computer yet;
+    ``start_timeout_s`` how long the runner's pid file may take to appear; ``stall_s`` how long a runner may go
+    without CPU time or output before it counts as hung; ``reconnect_wait_s`` how long a device that dropped off
+    (Wi-Fi, restarted adbd) may take to come back before it counts as gone.
     """
     models = [pathlib.Path(m) for m in models]
     entries = ([(pathlib.Path(baseline), "baseline")] if baseline is not None else []) + [(m, "model") for m in models]
@@ -291,7 +394,7 @@ def run_benchmark(
             raise FileNotFoundError(f"model file not found: {path}")
     if runs < 1 or warmup < 0:
         raise ValueError("runs must be ≥ 1 and warmup ≥ 0")
-    rounds = rounds or (2 if baseline is not None else 1)
+    rounds = rounds or default_rounds(runs, baseline is not None)
     blocks = split_runs(runs, rounds)
     runner_obj = get_runner(runner) if isinstance(runner, str) else runner
     timeout_s = timeout_s or DEFAULT_BLOCK_TIMEOUT_S
@@ -299,12 +402,13 @@ def run_benchmark(
     partial_path = pathlib.Path(partial_path) if partial_path is not None else pathlib.Path(
         tempfile.gettempdir()) / f"android_bench-partial-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
 
-    conn = AdbConnection(serial, key_path=key_path, auth_timeout_s=auth_timeout_s)
+    conn = AdbConnection(serial, key_path=key_path, auth_timeout_s=auth_timeout_s, reconnect_wait_s=reconnect_wait_s)
     with _progress(progress) as prog:
         session = _Session(conn, runner_obj, workdir, partial_path, prog)
         try:
             result = _run(session, entries, blocks, runs, warmup, threads, cores, cooldown_seconds, input_shape,
-                          timeout_s, throttle_ratio, temp_tolerance_c, idle_temp_c)
+                          timeout_s, throttle_ratio, temp_tolerance_c, idle_temp_c,
+                          {"start_timeout_s": start_timeout_s, "stall_s": stall_s})
         except AndroidBenchError as exc:
             if session.record:
                 session.save(partial=True, error=str(exc))
@@ -330,25 +434,71 @@ def run_benchmark(
     return result
 
 
+def check_abi(runner: Runner, info: dict) -> None:
+    """Refuse a runner built for another ABI: a 64-bit runner needs it as the *primary* ABI (a 32-bit userland on a
+    64-bit kernel lists no arm64-v8a) and a kernel that runs such code (``uname -m``)."""
+    abi = runner.abi
+    if not abi:
+        return
+    primary = info.get("abi") or (info["abilist"][0] if info["abilist"] else None)
+    machine = info.get("machine")
+    machines = ABI_MACHINES.get(abi)
+    problem = None
+    if abi in ("arm64-v8a", "x86_64") and primary is not None and primary != abi:
+        problem = f"its primary ABI is {primary}"
+    elif abi not in info["abilist"] and info["abilist"]:
+        problem = f"it supports only {', '.join(info['abilist'])}"
+    elif not info["abilist"] and primary is None:
+        problem = "it reports no ABI"
+    if problem is None and machine and machines and machine not in machines:
+        problem = f"its kernel runs {machine} code (uname -m)"
+    if problem:
+        raise AbiMismatchError(
+            f"runner {runner.name} needs {abi} but {info.get('model') or 'the device'}: {problem} "
+            f"(ABIs: {', '.join(info['abilist']) or 'unknown'}): use a runner built for this device")
+
+
+ABI_MACHINES = {"arm64-v8a": {"aarch64", "arm64"}, "armeabi-v7a": {"armv7l", "armv8l", "aarch64", "armv7"},
+                "x86_64": {"x86_64"}, "x86": {"i686", "i386", "x86_64"}}
+
+
 def _run(s: _Session, entries, blocks, runs, warmup, threads, cores, cooldown_seconds, input_shape, timeout_s,
-         throttle_ratio, temp_tolerance_c, idle_temp_c) -> dict:
+         throttle_ratio, temp_tolerance_c, idle_temp_c, block_options) -> dict:
     task = s.prog.add_task("connecting", total=len(blocks) * len(entries))
     s.conn.connect()
     info = collect_device_info(s.conn)
     runner = s.runner
     s.record = {"android_bench_version": __version__, "device": info, "runner": runner.name, "results": [],
-                "order": [], "pushed": s.pushed, "partial": True, "error": None}
-    if runner.abi and runner.abi not in info["abilist"]:
-        raise AbiMismatchError(
-            f"runner {runner.name} needs {runner.abi} but {info['model']} supports only "
-            f"{', '.join(info['abilist']) or 'unknown ABIs'}: use a runner built for this ABI"
-        )
-    mask = cores or info["big_core_mask"] or None
-    pinned = cores_of(mask) if mask else info["online_cpus"]
+                "order": [], "pushed": s.pushed, "partial": True, "error": None, "notes": []}
+    check_abi(runner, info)
+    online = info["online_cpus"] or None
+    possible = sorted({c["cpu"] for c in info["cpus"]})
+    cpufreq = {c["cpu"]: c for c in info["cpus"] if "cpuinfo_max_freq" in c or "related_cpus" in c}
+    try:
+        choice = select_cores(cores, cpufreq, online, possible)
+    except ValueError as exc:
+        raise AndroidBenchError(str(exc)) from None
+    mask = choice["mask"] or None
+    pinned = choice["cores"] or info["online_cpus"]
+    if choice["note"]:
+        log.warning(choice["note"])
+        s.record["notes"].append(choice["note"])
+    allowed = (info.get("shell_cpuset") or {}).get("cpus_allowed")
+    if allowed and pinned and not set(pinned) <= set(allowed):
+        note = (f"the shell's cpuset ({info['shell_cpuset'].get('cgroup') or '?'}) allows cores "
+                f"{','.join(map(str, allowed))} only; pinning to {','.join(map(str, pinned))} is limited by it")
+        log.warning(note)
+        s.record["notes"].append(note)
     nthreads = threads or len(pinned) or 1
     max_khz = {c["cpu"]: c.get("cpuinfo_max_freq") for c in info["cpus"] if isinstance(c.get("cpuinfo_max_freq"), int)}
-    idle_c = idle_temp_c if idle_temp_c is not None else max_temperature(info["thermal_zones"])
-    s.record.update({"cores": mask, "threads": nthreads, "idle_temp_c": idle_c})
+    idle_c = idle_temp_c if idle_temp_c is not None else info.get("max_temp_c")
+    if idle_c is None:
+        note = "no temperature could be read on the device: cool-down between blocks is not checked"
+        log.warning(note)
+        s.record["notes"].append(note)
+    s.record.update({"cores": mask, "cores_policy": choice["policy"], "pinned_cores": pinned,
+                     "offline_cores": choice["offline"], "threads": nthreads, "idle_temp_c": idle_c,
+                     "thermal_source": info.get("thermal_source"), "shell_cpuset": info.get("shell_cpuset")})
 
     s.prog.update(task, description="pushing runner and models")
     files = [(local, f"{s.workdir}/{rel}") for local, rel in runner.files()]
@@ -364,9 +514,11 @@ def _run(s: _Session, entries, blocks, runs, warmup, threads, cores, cooldown_se
     for (path, role), remote in zip(entries, remote_models):
         results.append({"model": path.name, "path": str(path), "role": role, "remote": remote,
                         "runtime": runner.name, "runs": 0, "runs_requested": runs, "warmup": warmup,
-                        "threads": nthreads, "cores": mask, "samples_ms": [], "throttled": False,
-                        "freq_samples": [], "blocks": [], "retried": False, "complete": False})
+                        "threads": nthreads, "cores": mask, "samples_ms": [], "block_samples_ms": [],
+                        "throttled": False, "freq_samples": [], "blocks": [], "retried": False, "complete": False})
     s.record["results"] = results
+    s.record["throttled"] = False
+    s.record["cooldown"] = {"reached": 0, "not_reached": 0, "unchecked": 0}
 
     for n, (rnd, idx) in enumerate(schedule(len(entries), len(blocks))):
         res = results[idx]
@@ -385,11 +537,14 @@ def _run(s: _Session, entries, blocks, runs, warmup, threads, cores, cooldown_se
         for attempt in range(2):
             tag = f"b{n}_a{attempt}"
             try:
-                samples, freq = s.run_block(spec, tag, pinned, timeout_s, status)
+                samples, freq = s.run_block(spec, tag, pinned, timeout_s, status, **block_options)
                 break
-            except DeviceDisconnectedError as exc:
+            except RunnerTimeoutError:
+                raise
+            except (DeviceDisconnectedError, BenchTimeoutError) as exc:
+                # A reset and a link timeout (a Wi-Fi drop) are the same to us: reconnect, rerun the block once.
                 if attempt == 1:
-                    raise DeviceDisconnectedError(
+                    raise exc.__class__(
                         f"lost the connection twice while running {label}: check the cable / Wi-Fi and rerun "
                         f"({exc})") from exc
                 log.warning("connection lost during %s; reconnecting and running the block again", label)
@@ -397,14 +552,23 @@ def _run(s: _Session, entries, blocks, runs, warmup, threads, cores, cooldown_se
                 time.sleep(0.5)
                 s.kill_stale(tag)
         throttled = is_throttled(freq, max_khz, throttle_ratio)
+        after = s.thermal_after()
+        if after.get("status") not in (None, 0):
+            throttled = True  # the platform itself says it throttles (Android 10+ thermal status)
         res["samples_ms"].extend(samples)
+        res["block_samples_ms"].append(list(samples))
         res["runs"] = len(res["samples_ms"])
         res["freq_samples"].extend({"block": n, **f} for f in freq)
         res["throttled"] = res["throttled"] or throttled
+        s.record["throttled"] = s.record["throttled"] or throttled
+        key = {True: "reached", False: "not_reached", None: "unchecked"}[cool["cooldown_reached"]]
+        s.record["cooldown"][key] += 1
         res["retried"] = res["retried"] or retried
         res["blocks"].append({"round": rnd, "runs": len(samples), "started_at": round(started, 3),
                               "duration_s": round(time.time() - started, 3), "throttled": throttled,
-                              "retried": retried, **cool})
+                              "retried": retried, **cool, "end_temp_c": after.get("max_temp_c"),
+                              "end_thermal_status": after.get("status"),
+                              "freq_khz": _freq_summary(freq)})
         res["complete"] = len(res["blocks"]) == len(blocks)
         s.record["order"].append(res["model"])
         s.record["reconnects"] = s.conn.reconnects
@@ -414,3 +578,16 @@ def _run(s: _Session, entries, blocks, runs, warmup, threads, cores, cooldown_se
     s.record["reconnects"] = s.conn.reconnects
     s.record["partial"] = False
     return dict(s.record)
+
+
+def _freq_summary(freq_samples: list[dict]) -> dict:
+    """Per pinned core: lowest and highest ``scaling_cur_freq`` seen during a block (the full trace is kept in the
+    result's ``freq_samples``)."""
+    out: dict = {}
+    for sample in freq_samples:
+        for cpu, khz in sample["khz"].items():
+            if khz is None:
+                continue
+            lo, hi = out.get(str(cpu), (khz, khz))
+            out[str(cpu)] = (min(lo, khz), max(hi, khz))
+    return {cpu: {"min": lo, "max": hi} for cpu, (lo, hi) in out.items()}

@@ -65,3 +65,11 @@ class UnknownRunnerError(AndroidBenchError):
 
 class DeviceCommandError(AndroidBenchError):
     """A shell command needed by the harness failed on the device."""
+
+
+class RunnerTimeoutError(BenchTimeoutError):
+    """The runner itself ran too long or stopped making progress (not a link timeout: never retried)."""
+
+
+class RunnerNotStartedError(DeviceCommandError):
+    """The launch command returned but the runner's pid file never appeared: the device's shell could not start it."""

@@ -17,6 +17,7 @@ import pathlib
 import re
 import select
 import socket
+import time
 from typing import Callable
 
 from android_bench.errors import (
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 
 RC_SENTINEL = "__RC="
 _RC_RE = re.compile(r"__RC=(\d+)\s*$")
+
+
+def normalize_newlines(text: str) -> str:
+    """PTY shells (Android ≤ 6, ``shell -t``) turn ``\\n`` into ``\\r\\n``; every reader sees plain ``\\n``."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def default_key_path() -> pathlib.Path:
@@ -124,10 +130,26 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def parse_serial(serial: str | None) -> tuple[str, str | None, int | None]:
-    """``"HOST:PORT"`` → ("tcp", host, port); anything else (or None) → ("usb", serial, None)."""
-    if serial and re.fullmatch(r"[\w.\-\[\]:]+:\d+", serial):
-        host, _, port = serial.rpartition(":")
-        return "tcp", host.strip("[]"), int(port)
+    """Where a serial points: ("tcp", host, port) for a network device, ("usb", serial, None) otherwise.
+
+    Network forms: ``HOST:PORT``, ``[v6]:PORT`` (as ``adb devices`` prints IPv6 devices), ``emulator-N``
+    (the emulator's adbd listens on 127.0.0.1:N+1, the console on N) and mDNS service names
+    ``adb-SERIAL._adb-tls-connect._tcp`` / ``._adb._tcp`` (resolved by an adb server, which adb-shell does not
+    have: refused with a hint). Everything else is a USB serial.
+    """
+    if not serial:
+        return "usb", serial, None
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.%\w]+)\]:(\d+)", serial)
+    if m:
+        return "tcp", m.group(1), int(m.group(2))
+    m = re.fullmatch(r"emulator-(\d+)", serial)
+    if m:
+        return "tcp", "127.0.0.1", int(m.group(1)) + 1
+    if "._adb" in serial and serial.rstrip(".").endswith("._tcp"):
+        return "mdns", serial, None
+    m = re.fullmatch(r"([\w.\-]+):(\d+)", serial)
+    if m:
+        return "tcp", m.group(1), int(m.group(2))
     return "usb", serial, None
 
 
@@ -145,6 +167,7 @@ class AdbConnection:
         transport_timeout_s: float = 10.0,
         auth_timeout_s: float = 30.0,
         read_timeout_s: float = 10.0,
+        reconnect_wait_s: float = 10.0,
     ):
         self.serial = serial
         self.kind, self._host, self._port = parse_serial(serial)
@@ -152,6 +175,7 @@ class AdbConnection:
         self.transport_timeout_s = transport_timeout_s
         self.auth_timeout_s = auth_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.reconnect_wait_s = reconnect_wait_s
         self._device = None
         self._connected = False
         self._ever_connected = False
@@ -159,6 +183,11 @@ class AdbConnection:
 
     # -- connection ---------------------------------------------------------------------------------------------
     def _new_device(self):
+        if self.kind == "mdns":
+            raise DeviceNotFoundError(
+                f"{self.serial} is an mDNS service name (wireless debugging) that only an adb server resolves: run "
+                f"`adb devices -l` or `adb mdns services` to see its IP:PORT and pass that as --serial"
+            )
         if self.kind == "tcp":
             from adb_shell.adb_device import AdbDevice
 
@@ -249,18 +278,38 @@ class AdbConnection:
             self.connect()
         return self._device
 
+    def _reconnect_after_loss(self, what: str, exc: BaseException) -> None:
+        """Reconnect after a broken link, waiting up to ``reconnect_wait_s`` for a device that is coming back (Wi-Fi
+        roaming, a restarted adbd); if it does not come back, say the device is gone."""
+        deadline = time.monotonic() + self.reconnect_wait_s
+        while True:
+            try:
+                self._ensure()
+                return
+            except (DeviceNotFoundError, DeviceUnauthorizedError) as again:
+                if isinstance(again, DeviceUnauthorizedError) or time.monotonic() >= deadline:
+                    raise DeviceDisconnectedError(
+                        f"the device {self.serial or '(USB)'} is gone: the connection broke while {what} and it did "
+                        f"not come back within {self.reconnect_wait_s:.0f} s: check the cable / Wi-Fi / that adbd runs "
+                        f"and retry ({exc.__class__.__name__}: {exc})"
+                    ) from again
+                time.sleep(0.5)
+
     def _call(self, what: str, fn: Callable, retry: bool):
-        """Run ``fn(device)``; on a transport failure close, reconnect and (if ``retry``) try once more."""
+        """Run ``fn(device)``; on a transport failure (a reset or a timeout, which is how a Wi-Fi drop shows) close,
+        reconnect and (if ``retry``) try once more."""
+        from adb_shell import exceptions as adbx
+
         attempts = 2 if retry else 1
         for attempt in range(attempts):
+            if attempt:
+                self._reconnect_after_loss(what, last)
             device = self._ensure()
             try:
                 return fn(device)
             except AndroidBenchError:
                 raise
             except _transport_errors() as exc:
-                from adb_shell import exceptions as adbx
-
                 # Whatever happened, adb-shell's state may be stale (its `available` flag lies): start afresh.
                 self.close()
                 if isinstance(exc, (adbx.PushFailedError, adbx.AdbCommandFailureException)):
@@ -268,30 +317,36 @@ class AdbConnection:
                     msg = exc.args[0] if exc.args else exc
                     if isinstance(msg, (bytes, bytearray)):
                         msg = msg.decode("utf-8", "replace")
-                    if "space" in str(msg).lower():
+                    msg = " ".join(str(msg).split())
+                    if "space" in msg.lower():
                         raise NoSpaceError(
-                            f"the device is out of space while {what}: free space in /data (delete files in "
+                            f"the device is out of space while {what} ({msg}): free space in /data (delete files in "
                             f"/data/local/tmp) and retry"
                         ) from exc
                     raise DeviceCommandError(f"{what} failed on the device: {msg}") from exc
                 log.warning("%s failed (%s: %s); reconnecting", what, exc.__class__.__name__, exc)
+                last = exc
                 if attempt == attempts - 1:
-                    if isinstance(exc, (adbx.AdbTimeoutError, adbx.TcpTimeoutException)):
-                        raise BenchTimeoutError(f"{what} timed out on {self.serial or 'USB'}: {exc}") from exc
+                    detail = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+                    if isinstance(exc, (adbx.AdbTimeoutError, adbx.TcpTimeoutException, TimeoutError)):
+                        raise BenchTimeoutError(
+                            f"{what} timed out on {self.serial or 'USB'} (no answer; a Wi-Fi drop looks like this): "
+                            f"check the connection and retry ({detail})") from exc
                     raise DeviceDisconnectedError(
                         f"lost the connection to {self.serial or 'the USB device'} while {what}: check the cable / "
-                        f"Wi-Fi and retry ({exc.__class__.__name__}: {exc})"
+                        f"Wi-Fi and retry ({detail})"
                     ) from exc
 
     # -- commands -----------------------------------------------------------------------------------------------
     def shell_raw(self, command: str, *, timeout_s: float | None = None, retry: bool = True) -> str:
         """Run ``command`` and return merged stdout/stderr (no exit code). Retry once after reconnecting."""
         read_timeout = max(self.read_timeout_s, timeout_s or 0)
-        return self._call(
+        out = self._call(
             f"running `{command[:60]}`",
             lambda d: d.shell(command, read_timeout_s=read_timeout, timeout_s=timeout_s),
             retry,
         )
+        return normalize_newlines(out)
 
     def run(self, command: str, *, timeout_s: float | None = None, retry: bool = True) -> tuple[str, int]:
         """Run ``command``; return (output, exit code) using the ``__RC=`` sentinel adb-shell needs."""

@@ -17,7 +17,7 @@ WORKDIR = "data/local/tmp/edgeprune"
 def test_dense_and_slim_alternate_with_all_samples_and_device_record(device, onnx_models, tmp_path):
     partial = tmp_path / "result.json"
     result = run_benchmark([onnx_models["slim"]], device.serial, runs=1000, warmup=5, cooldown_seconds=5,
-                           baseline=onnx_models["dense"], partial_path=partial, progress=False)
+                           baseline=onnx_models["dense"], partial_path=partial, progress=False, rounds=2)
 
     # A B A B: baseline and model interleaved in two blocks each, 1000 samples per model in total.
     assert result["order"] == ["dense.onnx", "slim.onnx", "dense.onnx", "slim.onnx"]
@@ -26,6 +26,10 @@ def test_dense_and_slim_alternate_with_all_samples_and_device_record(device, onn
     for res in result["results"]:
         assert res["runs"] == 1000 and len(res["samples_ms"]) == 1000
         assert [b["runs"] for b in res["blocks"]] == [500, 500]
+        # each block its own runner process, its samples kept apart for a block bootstrap
+        assert [len(b) for b in res["block_samples_ms"]] == [500, 500]
+        assert sum(res["block_samples_ms"], []) == res["samples_ms"]
+        assert all(b["cooldown_reached"] is True and b["freq_khz"] for b in res["blocks"])
         assert all(0 < s < 1000 for s in res["samples_ms"])
         assert res["runtime"] == "python-ort" and res["warmup"] == 5
         # Pinned to the big cluster (cpu4-7 have the highest cpuinfo_max_freq), one thread per pinned core.

@@ -191,7 +191,8 @@ def test_ctrl_c_stops_the_runner_and_keeps_results(device, onnx_models, tmp_path
     try:
         with pytest.raises(KeyboardInterrupt):
             run_benchmark([onnx_models["slim"], onnx_models["dense"]], device.serial, runner="test-stuck", runs=300,
-                          warmup=0, cooldown_seconds=1, progress=False, partial_path=partial, timeout_s=60)
+                          warmup=0, cooldown_seconds=1, progress=False, partial_path=partial, timeout_s=60,
+                          rounds=1)
     finally:
         stop.set()
         watcher.join()

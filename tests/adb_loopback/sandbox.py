@@ -5,7 +5,7 @@ Layout (all under ``root``)::
     data/local/tmp/   sdcard/                       device paths /data/local/tmp and /sdcard
     sys/devices/system/cpu/...  sys/class/...       fake sysfs: cpufreq, online CPUs, thermal zones, battery
     proc/cpuinfo                                    ARM-format cpuinfo (4 little + 4 big cores)
-    bin/getprop bin/dumpsys bin/taskset bin/python3 put first on PATH
+    bin/getprop bin/dumpsys bin/taskset bin/python3 bin/uname   put first on PATH
     props.txt                                       what getprop prints
 
 Device paths are mapped by *rewriting* them in shell commands and sync paths: each occurrence of ``/data/local/tmp``,
@@ -178,3 +178,8 @@ shift
 exec "$@"
 """, x)
         _write(b / "python3", f"#!/bin/sh\nexec '{python}' \"$@\"\n", x)
+        machine = "armv8l" if self.abi32 else "aarch64"
+        _write(b / "uname", f"""#!/bin/sh
+# The phone's kernel architecture for `uname -m`; everything else from the host's uname.
+if [ "$1" = -m ]; then echo {machine}; else exec /bin/uname "$@"; fi
+""", x)
