@@ -174,7 +174,8 @@ def subset_data(data: DataBundle, train: int | None, val: int | None, seed: int)
 
 def train_baseline(s: Settings, data: DataBundle, path: Path) -> Path:
     """``edgeprune train``'s recipe (SGD 0.05, momentum 0.9, weight decay 5e-4, cosine; best validation epoch) on
-    the given splits, saved as an edgeprune checkpoint (its test error is measured with the methods', in :func:`run`)."""
+    the given splits, saved as an edgeprune checkpoint (its test error is measured with the methods', in
+    :func:`run`)."""
     device = resolve_device(s.device)
     seed_everything(s.seed)
     model = create_model(s.arch_spec(data)).to(device)
@@ -471,9 +472,9 @@ def markdown(report: dict) -> str:
         "| method | epochs | test top-1 error | Δ error | params total | params nonzero | compression | MACs "
         "| MACs ÷ dense | .onnx | .7z | median latency | speedup (dense ÷ slim, median) [95 % interval, blocks] |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| dense baseline | {st['baseline_epochs']} | {dense['top1_error']:.2%} | – | {dense['params_total']:,} "
-        f"| {dense['params_nonzero']:,} | 1.00× | {dense['macs']:,} | 1.00 | {_kb(dense['onnx_bytes'])} "
-        f"| {_kb(dense['onnx_7z_bytes'])} | {dense_latency[0]} | {dense_latency[1]} |",
+        f"| dense baseline | {dense.get('epochs') or '?'} | {dense['top1_error']:.2%} | – "
+        f"| {dense['params_total']:,} | {dense['params_nonzero']:,} | 1.00× | {dense['macs']:,} | 1.00 "
+        f"| {_kb(dense['onnx_bytes'])} | {_kb(dense['onnx_7z_bytes'])} | {dense_latency[0]} | {dense_latency[1]} |",
     ]
     for key, r in report["methods"].items():
         if "skipped" in r:
@@ -512,8 +513,8 @@ def _budget_text(report: dict) -> str:
            if b["train_images"] < b["train_images_full"] else f"all {b['train_images']:,} training images")
     parts = [
         f"Budget: {sub}, {b['val_images']:,} validation images, test on {b['test_images']:,}; baseline "
-        f"{st['baseline_epochs']} epochs; every method {st['epochs']} training epochs in all; "
-        f"{st['threads']} torch thread(s) on {report['environment'].get('cpu', '?')}; "
+        f"{report['dense'].get('epochs') or '?'} epochs ({report['dense']['path']}); every method {st['epochs']} "
+        f"training epochs in all; {st['threads']} torch thread(s) on {report['environment'].get('cpu', '?')}; "
         f"{b['total_seconds'] / 60:.1f} min for this run (per phase, s: "
         + ", ".join(f"{k} {v:.0f}" for k, v in b["seconds"].items()) + ").",
         f"SeReNe / ℓ2 (edgeprune compress): λ {st['lam']:g}, TWT {st['twt']:g}, PWE {st['pwe']}, "
@@ -609,7 +610,9 @@ def run(s: Settings, out: Path, data: DataBundle, baseline: Path | None = None, 
     base = load_checkpoint(base_path)
     dense_path = out / "baseline.onnx"
     dense = {"top1_error": top1_error(base.model, data, device), **describe(base.model, shape),
-             **export_sizes(base.model, out, "baseline", data), "path": str(base_path)}
+             **export_sizes(base.model, out, "baseline", data), "path": str(base_path),
+             "epochs": (base.meta.get("train_config") or {}).get("epochs"),
+             "train_images": base.meta.get("train_images")}
     seconds["baseline"] = time.time() - t
     stamp(f"dense: test error {dense['top1_error']:.2%}, {dense['macs']:,} MACs, channels {dense['channels']}")
 
@@ -679,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     full = load_dataset(s.dataset, s.data_dir, seed=s.seed)
     data = subset_data(full, s.train_subset, s.val_subset, s.seed)
     stamp(f"{s.dataset}: {len(data.train):,} training / {len(data.val):,} validation / {len(data.test):,} test images")
-    command = " ".join([".venv/bin/python", "scripts/compare_structured.py", *(argv if argv is not None else sys.argv[1:])])
+    given = argv if argv is not None else sys.argv[1:]
+    command = " ".join([".venv/bin/python", "scripts/compare_structured.py", *given])
     report = run(s, Path(args.out), data, baseline=args.baseline, methods=args.methods, command=command,
                  full_train_images=len(full.train))
     print(markdown(report))
