@@ -43,7 +43,8 @@ def _synthetic(n_train=384, n_eval=128, classes=3, seed=0) -> DataBundle:
 
 def test_tiny_comparison(cs, tmp_path, one_thread):
     settings = cs.Settings(arch="resnet20-cifar", width=4, epochs=2, baseline_epochs=2, train_subset=None,
-                           batch_size=32, bench_runs=20, bench_warmup=2, bench_block=5, bench_warmup_seconds=0.0)
+                           batch_size=32, bench_runs=20, bench_warmup=2, bench_block=5, bench_warmup_seconds=0.0,
+                           tp_target_ratio=0.6)
     methods = "a,b,c,d" if cs.has_prune_field() else "b,c"
     report = cs.run(settings, tmp_path, _synthetic(), methods=methods, command="pytest")
 
@@ -69,10 +70,8 @@ def test_tiny_comparison(cs, tmp_path, one_thread):
     target = tp["tp"]["macs_target"]
     assert tp["macs"] < dense_macs
     assert abs(tp["macs"] / target - 1.0) <= settings.macs_tolerance
-    if "serene-lb-neurons" in report["methods"]:
-        assert target == report["methods"]["serene-lb-neurons"]["macs"]
-    else:
-        assert target == int(0.5 * dense_macs)
+    assert tp["tp"]["macs_matched"] and "within ±3 %" in table
+    assert target == int(0.6 * dense_macs)
     assert sum(tp["channels"][:-1]) < sum(report["dense"]["channels"][:-1])
     assert tp["channels"][-1] == report["dense"]["channels"][-1]  # the output layer is never pruned
     # TP's regularization dose Σ lr·reg equals its CIFAR recipe's over this run's sparse-learning steps.
@@ -84,3 +83,11 @@ def test_tiny_comparison(cs, tmp_path, one_thread):
     assert again["methods"] == {"tp-groupnorm-sl": tp}
     assert again["dense"]["top1_error"] == report["dense"]["top1_error"]
     assert set(again["latency"]) == {"dense", "bench", "tp-groupnorm-sl"}
+
+
+def test_tp_target_follows_method_a(cs):
+    s = cs.Settings()
+    assert cs.tp_target(s, 1000, {"macs": 420}) == (420, "the MACs of (a)")
+    assert cs.tp_target(s, 1000, None)[0] == 500
+    assert cs.tp_target(s, 1000, {"skipped": "no prune field"})[0] == 500
+    assert cs.tp_target(cs.Settings(tp_target_ratio=0.3), 1000, {"macs": 420})[0] == 300
