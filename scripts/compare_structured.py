@@ -363,7 +363,9 @@ def run_torch_pruning(s: Settings, m: Method, base_path: Path, data: DataBundle,
         va = evaluate(model, Batches(data.val, 1000), device)
         rows.append({"phase": "sparse", "epoch": epoch + 1, "train_loss": tr["loss"], "val_accuracy": va["accuracy"]})
         stamp(f"TP sparse learning epoch {epoch + 1}: train loss {tr['loss']:.4f}, val acc {va['accuracy']:.2%}")
-    # 2. pruning: global ranking of group norms, small steps until the MACs match.
+    # 2. pruning: global ranking of group norms, small steps until the MACs match. The network at the end of sparse
+    # learning is pruned (TP's script reloads its best-accuracy sparse-learning epoch instead; over two epochs that
+    # would mostly undo the regularization).
     model.eval()
     dense_macs = summarize(model, shape).macs
     model, macs, steps, history = prune_to_macs(pruner, model, shape, target_macs)
