@@ -11,9 +11,9 @@ Stages:
                     model, then fine-tuning; the epochs are split between sparse learning and fine-tuning
                 (d) ℓ2 (weight decay) + prune="neurons", same pipeline
   3. latency    the dense model and every slim model in one ONNX Runtime session each, 1 thread, batch 1, timed in
-                alternating blocks (edgeprune.bench.bench_models); speedup = dense ÷ slim median latency, with an
-                interval from the per-block ratios (blocks of dense and slim run back to back) and the library's
-                bootstrap interval
+                alternating blocks (edgeprune.bench.bench_models); speedup = dense ÷ slim median latency, with the
+                library's paired block-bootstrap 95 % interval (block k of a slim model against block k of the
+                dense one, run back to back)
   4. report     OUT/comparison.json and OUT/comparison.md (printed): test top-1 error, params total / nonzero, MACs,
                 .onnx / .7z of the slim model, latency, surviving channels per layer; budget and settings
 
@@ -42,7 +42,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -428,46 +427,24 @@ def run_torch_pruning(s: Settings, m: Method, base_path: Path, data: DataBundle,
 # latency
 
 
-def block_interval(result, slim_index: int, seed: int = 0, resamples: int = 2000) -> dict:
-    """Dense ÷ slim speedup per round of alternating blocks (each slim block against the dense block of the same
-    round, run minutes apart at most), with a percentile-bootstrap 95 % interval of their median over rounds."""
-    samples = [np.asarray(m.samples_ms) for m in result.models]
-    blocks: dict[int, list[np.ndarray]] = {}
-    for b in result.block_order:
-        blocks.setdefault(b["model"], []).append(samples[b["model"]][b["start"]: b["start"] + b["count"]])
-    dense, slim = blocks.get(0, []), blocks.get(slim_index, [])
-    ratios = np.array([np.median(d) / np.median(q) for d, q in zip(dense, slim) if len(d) and len(q)])
-    if ratios.size == 0:
-        return {"median": float("nan"), "ci95": [float("nan"), float("nan")], "blocks": 0}
-    rng = np.random.default_rng(seed)
-    boot = np.median(ratios[rng.integers(0, ratios.size, size=(resamples, ratios.size))], axis=1)
-    return {"median": float(np.median(ratios)), "ci95": [float(v) for v in np.percentile(boot, (2.5, 97.5))],
-            "blocks": int(ratios.size)}
-
-
 def measure_latency(s: Settings, dense_onnx: Path, slim: dict[str, str]) -> dict:
-    """One bench_models run: the dense model (baseline) and every slim model, alternating blocks, 1 thread."""
+    """One bench_models run: the dense model (baseline) and every slim model, alternating blocks, 1 thread; the
+    speedup interval is edgeprune.bench's paired block bootstrap (each slim block against the dense block of the
+    same round)."""
     from edgeprune.bench import ModelSource, bench_models
 
     sources = [ModelSource(dense_onnx, label="dense", role="baseline")]
     sources += [ModelSource(path, label=key) for key, path in slim.items()]
-    extra = {}
-    if "warmup_seconds" in inspect.signature(bench_models).parameters:
-        extra["warmup_seconds"] = s.bench_warmup_seconds
     res = bench_models(sources, runtime="onnxruntime", runs=s.bench_runs, warmup=s.bench_warmup, threads=1,
-                       batch_size=1, block_size=s.bench_block, seed=s.seed, **extra)
+                       batch_size=1, block_size=s.bench_block, seed=s.seed, warmup_seconds=s.bench_warmup_seconds)
     out = {"dense": {"median_ms": res.models[0].stats["median_ms"], "mean_ms": res.models[0].stats["mean_ms"]},
            "bench": res.to_dict()}
-    for i, m in enumerate(res.models[1:], start=1):
-        lib = m.speedup
-        if lib.get("interval_unit") == "block":  # edgeprune.bench pairs the blocks itself
-            interval = {"ci95": lib["ci95"]["median"], "blocks": lib.get("block_pairs"),
-                        "source": "edgeprune.bench: " + lib.get("method", "paired block bootstrap")}
-        else:
-            interval = {**block_interval(res, i, seed=s.seed),
-                        "source": "bootstrap over rounds of the per-round block ratios (dense block ÷ slim block)"}
+    for m in res.models[1:]:
+        sp = m.speedup
         out[m.label] = {"median_ms": m.stats["median_ms"], "mean_ms": m.stats["mean_ms"],
-                        "speedup_median": lib["median"], "speedup_interval": interval, "speedup_library": lib}
+                        "speedup_median": sp["median"], "speedup_ci95": sp["ci95"]["median"],
+                        "interval_unit": sp.get("interval_unit"), "block_pairs": sp.get("block_pairs"),
+                        "interval_method": sp.get("method"), "interval_note": sp.get("note")}
     return out
 
 
@@ -500,8 +477,9 @@ def markdown(report: dict) -> str:
             continue
         speed, med = "–", "–"
         if key in lat:
-            lo, hi = lat[key]["speedup_interval"]["ci95"]
-            speed = f"{lat[key]['speedup_median']:.2f}× [{lo:.2f}, {hi:.2f}]"
+            lo, hi = lat[key]["speedup_ci95"]
+            unit = "" if lat[key]["interval_unit"] == "block" else " (per run: too few blocks)"
+            speed = f"{lat[key]['speedup_median']:.2f}× [{lo:.2f}, {hi:.2f}]{unit}"
             med = f"{lat[key]['median_ms']:.3f} ms"
         lines.append(
             f"| {r['label']} | {r['epochs_split']} | {r['top1_error']:.2%} "
@@ -552,10 +530,10 @@ def _budget_text(report: dict) -> str:
     lat = report.get("latency")
     if lat:
         bm = lat["bench"]
-        sources = sorted({v["speedup_interval"]["source"] for k, v in lat.items() if k not in ("dense", "bench")})
+        sources = sorted({str(v["interval_method"]) for k, v in lat.items() if k not in ("dense", "bench")})
         parts.append(f"Latency: ONNX Runtime, 1 thread, batch 1, {bm['runs']} runs per model after {bm['warmup']} "
                      f"warm-up, alternating blocks of {bm['block_size']} (all models in one process); speedup = "
-                     f"dense median ÷ slim median; 95 % interval: {'; '.join(sources)}.")
+                     f"dense median ÷ slim median; 95 % interval (edgeprune.bench): {'; '.join(sources)}.")
     parts.append(f"Command: `{report['command']}`")
     return "\n".join(parts)
 

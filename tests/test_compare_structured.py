@@ -61,8 +61,9 @@ def test_tiny_comparison(cs, tmp_path, one_thread):
         assert (tmp_path / key / "result.json").exists()
         speed = report["latency"][key]
         assert math.isfinite(speed["speedup_median"]) and speed["speedup_median"] > 0
-        lo, hi = speed["speedup_interval"]["ci95"]
+        lo, hi = speed["speedup_ci95"]
         assert 0 < lo <= hi < math.inf
+        assert speed["interval_unit"] == "block" and speed["block_pairs"] == 4
         assert len(r["channels"]) == len(report["dense"]["channels"])
 
     tp = report["methods"]["tp-groupnorm-sl"]
