@@ -35,6 +35,7 @@ from android_bench.errors import (
     BenchTimeoutError,
     DeviceCommandError,
     DeviceDisconnectedError,
+    DeviceGoneError,
     RunnerCrashError,
     RunnerNotStartedError,
     RunnerTimeoutError,
@@ -258,7 +259,7 @@ class _Session:
         out, pidf, logf = (f"{out_dir}/{tag}.{ext}" for ext in ("txt", "pid", "log"))
         # Never retried blindly: a second launch would run the model twice at once.
         self.running_pidf = pidf
-        _, rc = self.conn.run(self.launch_command(spec, tag), retry=False)
+        launch_out, rc = self.conn.run(self.launch_command(spec, tag), retry=False)
         if rc != 0:
             raise DeviceCommandError(f"could not prepare {self.workdir} for the runner on the device (exit code {rc})")
         poll = self.poll_command(tag, pinned)
@@ -288,7 +289,7 @@ class _Session:
                     self.running_pidf = None
                     raise RunnerNotStartedError(
                         f"{tag}: the runner never started on the device (no pid file after {start_timeout_s:.0f} s): "
-                        f"{self._device_text(logf, out)}")
+                        f"{_tail(launch_out, 2) + ' | ' if launch_out.strip() else ''}{self._device_text(logf, out)}")
             elif fields.get("alive") == "0":
                 # Gone without an exit code: give the waiting shell a moment to write it, then say what happened.
                 dead_since = dead_since or now
@@ -539,7 +540,7 @@ def _run(s: _Session, entries, blocks, runs, warmup, threads, cores, cooldown_se
             try:
                 samples, freq = s.run_block(spec, tag, pinned, timeout_s, status, **block_options)
                 break
-            except RunnerTimeoutError:
+            except (RunnerTimeoutError, DeviceGoneError):
                 raise
             except (DeviceDisconnectedError, BenchTimeoutError) as exc:
                 # A reset and a link timeout (a Wi-Fi drop) are the same to us: reconnect, rerun the block once.

@@ -73,3 +73,7 @@ class RunnerTimeoutError(BenchTimeoutError):
 
 class RunnerNotStartedError(DeviceCommandError):
     """The launch command returned but the runner's pid file never appeared: the device's shell could not start it."""
+
+
+class DeviceGoneError(DeviceDisconnectedError):
+    """The connection broke and the device did not come back within the reconnect wait (unplugged, adbd dead)."""

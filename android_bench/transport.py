@@ -25,6 +25,7 @@ from android_bench.errors import (
     BenchTimeoutError,
     DeviceCommandError,
     DeviceDisconnectedError,
+    DeviceGoneError,
     DeviceNotFoundError,
     DeviceUnauthorizedError,
     NoSpaceError,
@@ -176,6 +177,8 @@ class AdbConnection:
         self.auth_timeout_s = auth_timeout_s
         self.read_timeout_s = read_timeout_s
         self.reconnect_wait_s = reconnect_wait_s
+        self.last_failure: BaseException | None = None
+        self.gone = False
         self._device = None
         self._connected = False
         self._ever_connected = False
@@ -281,14 +284,16 @@ class AdbConnection:
     def _reconnect_after_loss(self, what: str, exc: BaseException) -> None:
         """Reconnect after a broken link, waiting up to ``reconnect_wait_s`` for a device that is coming back (Wi-Fi
         roaming, a restarted adbd); if it does not come back, say the device is gone."""
-        deadline = time.monotonic() + self.reconnect_wait_s
+        deadline = time.monotonic() + (0 if self.gone else self.reconnect_wait_s)
         while True:
             try:
                 self._ensure()
+                self.gone = False
                 return
-            except (DeviceNotFoundError, DeviceUnauthorizedError) as again:
-                if isinstance(again, DeviceUnauthorizedError) or time.monotonic() >= deadline:
-                    raise DeviceDisconnectedError(
+            except DeviceNotFoundError as again:
+                if time.monotonic() >= deadline:
+                    self.gone = True  # later calls (clean-up) fail at once instead of waiting again
+                    raise DeviceGoneError(
                         f"the device {self.serial or '(USB)'} is gone: the connection broke while {what} and it did "
                         f"not come back within {self.reconnect_wait_s:.0f} s: check the cable / Wi-Fi / that adbd runs "
                         f"and retry ({exc.__class__.__name__}: {exc})"
@@ -301,9 +306,10 @@ class AdbConnection:
         from adb_shell import exceptions as adbx
 
         attempts = 2 if retry else 1
+        last: BaseException | None = self.last_failure
         for attempt in range(attempts):
-            if attempt:
-                self._reconnect_after_loss(what, last)
+            if not self._connected and self._ever_connected:
+                self._reconnect_after_loss(what, last or ConnectionError("not connected"))
             device = self._ensure()
             try:
                 return fn(device)
@@ -325,7 +331,7 @@ class AdbConnection:
                         ) from exc
                     raise DeviceCommandError(f"{what} failed on the device: {msg}") from exc
                 log.warning("%s failed (%s: %s); reconnecting", what, exc.__class__.__name__, exc)
-                last = exc
+                last = self.last_failure = exc
                 if attempt == attempts - 1:
                     detail = " ".join(f"{exc.__class__.__name__}: {exc}".split())
                     if isinstance(exc, (adbx.AdbTimeoutError, adbx.TcpTimeoutException, TimeoutError)):

@@ -42,3 +42,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 log "ready: $(.venv/bin/python -c 'import torch, edgeprune; print("torch", torch.__version__, "edgeprune", edgeprune.__version__)')"
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then bash scripts/fetch_adbd.sh .cache/adbd || log "could not fetch Debian trixie's adbd into .cache/adbd (tests/test_real_adbd.py will skip)"; fi

@@ -63,7 +63,7 @@ def test_bench_device_adb_errors_are_one_line(make_device, onnx_models, tmp_path
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.startswith("error: ") and "\n" not in err
     assert main(["bench", str(onnx_models["slim"]), "--device", "adb", "--cores", "zz"]) == 1
-    assert "--cores must be a hexadecimal CPU mask" in capsys.readouterr().err
+    assert "--cores must be big, prime, all or a hexadecimal CPU mask" in capsys.readouterr().err
     assert main(["bench", str(onnx_models["slim"]), "--device", "cpu", "--serial", "x:1"]) == 1
     assert "apply to --device adb only" in capsys.readouterr().err
 

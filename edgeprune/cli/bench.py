@@ -52,13 +52,13 @@ class BenchConfig:
             self.threads = 1
         if self.cooldown_seconds < 0:
             raise ConfigError(f"--cooldown-seconds must be 0 or more, got {self.cooldown_seconds}")
-        if self.cores is not None:
+        if self.cores is not None and self.cores.lower() not in ("big", "prime", "all"):
             try:
                 if int(self.cores, 16) <= 0:
                     raise ValueError
             except ValueError:
-                raise ConfigError(f"--cores must be a hexadecimal CPU mask like f0 (cores 4-7), got {self.cores!r}") \
-                    from None
+                raise ConfigError(f"--cores must be big, prime, all or a hexadecimal CPU mask like f0 (cores 4-7), "
+                                  f"got {self.cores!r}") from None
         for name in ("runs", "threads", "batch_size", "block_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -114,7 +114,8 @@ def bench(
     serial: str = typer.Option(None, help="adb: the phone, HOST:PORT over Wi-Fi or a USB serial (default: the only one)."),
     runner: str = typer.Option("ort-c", help="adb: ort-c (bundled ONNX Runtime runner), python-ort, perf_test:PATH, "
                                             "torch_speed_benchmark:PATH, executorch:PATH."),
-    cores: str = typer.Option(None, help="adb: hex CPU mask to pin to (default: the big cores)."),
+    cores: str = typer.Option(None, help="adb: big (default: all but the slowest cluster), prime (fastest cluster), "
+                              "all, or a hex CPU mask."),
     cooldown_seconds: float = typer.Option(60.0, help="adb: longest wait for temperatures to return to idle."),
     keep: bool = typer.Option(False, help="adb: leave the pushed runner and models on the phone."),
     auth_timeout: float = typer.Option(30.0, help="adb: seconds to wait for 'Allow USB debugging' on the phone."),
