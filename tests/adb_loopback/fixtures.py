@@ -31,12 +31,14 @@ def private_home(adb_home, monkeypatch) -> pathlib.Path:
 
 @pytest.fixture
 def make_device(tmp_path, private_home):
-    """Factory: ``make_device(faults=..., abi32=...)`` → started LoopbackAdbDevice; all stopped at teardown."""
+    """Factory: ``make_device(faults=..., abi32=..., pty=..., maxdata=...)`` → started LoopbackAdbDevice; all
+    stopped at teardown."""
     started: list[LoopbackAdbDevice] = []
 
-    def _make(*, faults: Faults | None = None, abi32: bool = False) -> LoopbackAdbDevice:
+    def _make(*, faults: Faults | None = None, abi32: bool = False, pty: bool = False,
+              maxdata: int | None = None) -> LoopbackAdbDevice:
         sandbox = Sandbox(tmp_path / f"phone{len(started)}", abi32=abi32)
-        dev = LoopbackAdbDevice(sandbox, faults=faults)
+        dev = LoopbackAdbDevice(sandbox, faults=faults, pty=pty, **({"maxdata": maxdata} if maxdata else {}))
         dev.start()
         started.append(dev)
         return dev

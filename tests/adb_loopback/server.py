@@ -9,7 +9,8 @@ Implements what a phone's adbd answers to the harness and to Debian's ``adb`` cl
   authorized key; an ``RSAPUBLICKEY`` is accepted as if the user tapped "Allow" (and the key becomes authorized), unless
   the ``refuse_auth`` fault is on, in which case the device stays silent like a phone whose prompt nobody answers;
 * ``OPEN``/``OKAY``/``WRTE``/``CLSE`` streams with one-WRTE-in-flight flow control;
-* ``shell:CMD`` (v1: raw merged output, no exit status) run by ``/bin/sh -c`` in the sandbox;
+* ``shell:CMD`` (v1: raw merged output, no exit status) run by ``/bin/sh -c`` in the sandbox — on pipes, or with
+  ``pty=True`` on a cooked PTY like Android <= 6 daemons: CRLF output, and the session hung up when the shell exits;
 * ``sync:`` with STAT (v1), LIST, SEND, RECV, DATA, DONE, OKAY, FAIL, QUIT.
 
 Faults (``Faults``): refuse auth, drop the TCP connection N messages after a matching OPEN, a disk quota that makes
@@ -21,10 +22,12 @@ drops a WRTE that arrives while it waits for OKAY, so this device sends the FAIL
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import pathlib
+import select
 import signal
 import socket
 import stat as stat_mod
@@ -106,6 +109,9 @@ class _ShellStream(_Stream):
         if not self.command.strip():
             self.close_from_device()  # interactive shells are not supported
             return
+        if self.conn.server.pty:
+            self._run_on_pty()
+            return
         self.proc = subprocess.Popen(
             ["/bin/sh", "-c", sandbox.rewrite(self.command)], cwd=sandbox.root, env=sandbox.env(),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -123,6 +129,51 @@ class _ShellStream(_Stream):
             self.proc.wait(WAIT_S)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        if self.conn.alive:
+            self.close_from_device()
+
+    def _run_on_pty(self) -> None:
+        """What old daemons do: the command's shell is a session leader with a cooked PTY as its controlling
+        terminal (``\\n`` → ``\\r\\n``); when that shell exits, the session is hung up (SIGHUP to its process
+        group, which holds everything it backgrounded), and the stream stays open while anything still holds the
+        PTY."""
+        import fcntl
+        import termios
+
+        sandbox = self.conn.server.sandbox
+        master, slave = os.openpty()
+
+        def _take_terminal():
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", sandbox.rewrite(self.command)], cwd=sandbox.root, env=sandbox.env(),
+            stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=_take_terminal,
+        )
+        os.close(slave)
+        self.conn.server.process_groups.append(self.proc.pid)
+        hung_up = False
+        try:
+            while not self.closed:
+                if not hung_up and self.proc.poll() is not None:
+                    hung_up = True
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(self.proc.pid, signal.SIGHUP)
+                ready, _, _ = select.select([master], [], [], 0.1)
+                if not ready:
+                    continue
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: no process holds the PTY any more
+                    break
+                if not chunk or not self.write(chunk):
+                    break
+        finally:
+            os.close(master)
+        if self.closed and self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(WAIT_S)
         if self.conn.alive:
             self.close_from_device()
 
@@ -430,8 +481,10 @@ class _Connection:
 class LoopbackAdbDevice:
     """Threaded ADB device on 127.0.0.1. ``start()`` returns the port; ``stop()`` closes everything (bounded)."""
 
-    def __init__(self, sandbox: Sandbox, *, faults: Faults | None = None, port: int = 0, maxdata: int = MAXDATA):
+    def __init__(self, sandbox: Sandbox, *, faults: Faults | None = None, port: int = 0, maxdata: int = MAXDATA,
+                 pty: bool = False):
         self.sandbox = sandbox
+        self.pty = pty  # run shell: commands on a cooked PTY, as Android <= 6 daemons (and `adb shell -t`) do
         self.maxdata = maxdata  # largest payload offered in CNXN (older phones negotiate 4 KiB)
         self.faults = faults or Faults()
         self.authorized_keys: list = []
