@@ -592,3 +592,38 @@ def _freq_summary(freq_samples: list[dict]) -> dict:
             lo, hi = out.get(str(cpu), (khz, khz))
             out[str(cpu)] = (min(lo, khz), max(hi, khz))
     return {cpu: {"min": lo, "max": hi} for cpu, (lo, hi) in out.items()}
+
+
+def thermal_summary(record: dict) -> dict:
+    """What heat did to a run, for bench.json and the table: throttling, cool-down outcomes, frequency traces.
+
+    ``flags`` holds one line per thing a reader must know (throttled blocks, cool-downs not reached or not
+    checked, cores offline, a cpuset narrower than the pinned cores); empty when the run was clean."""
+    results = record.get("results") or []
+    cool = dict(record.get("cooldown") or {"reached": 0, "not_reached": 0, "unchecked": 0})
+    models = {}
+    flags = list(record.get("notes") or [])
+    for res in results:
+        blocks = res.get("blocks") or []
+        throttled = [i for i, b in enumerate(blocks) if b.get("throttled")]
+        models[res.get("model")] = {
+            "throttled": bool(res.get("throttled")),
+            "throttled_blocks": throttled,
+            "cooldown_reached": [b.get("cooldown_reached") for b in blocks],
+            "start_temp_c": [b.get("start_temp_c") for b in blocks],
+            "end_temp_c": [b.get("end_temp_c") for b in blocks],
+            "thermal_status": [b.get("end_thermal_status") for b in blocks],
+            "freq_khz": [b.get("freq_khz") for b in blocks],
+            "freq_samples": res.get("freq_samples") or [],
+        }
+        if throttled:
+            flags.append(f"THROTTLED: {res.get('model')} ran below {len(throttled)} of {len(blocks)} blocks' full "
+                         f"clock (blocks {', '.join(str(i + 1) for i in throttled)}); its times are pessimistic")
+    if cool.get("not_reached"):
+        flags.append(f"cool-down not reached before {cool['not_reached']} block(s): they started warmer than idle")
+    if cool.get("unchecked"):
+        flags.append(f"cool-down not checked before {cool['unchecked']} block(s): no temperature could be read")
+    return {"throttled": bool(record.get("throttled")), "thermal_source": record.get("thermal_source"),
+            "idle_temp_c": record.get("idle_temp_c"), "cooldown": cool, "cores_policy": record.get("cores_policy"),
+            "pinned_cores": record.get("pinned_cores"), "offline_cores": record.get("offline_cores"),
+            "shell_cpuset": record.get("shell_cpuset"), "models": models, "flags": flags}

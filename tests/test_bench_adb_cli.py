@@ -152,3 +152,21 @@ def test_devices_describes_a_phone(device, capsys):
     assert main(["devices", "127.0.0.1:1"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+def test_throttling_and_cooldown_reach_bench_json_and_the_output(device, onnx_models, tmp_path, capsys):
+    device.sandbox.set_max_freq(5, 1_200_000)  # the thermal governor capped cpu5
+    device.sandbox.set_cur_freq(5, 1_200_000)
+    for zone in range(3):  # nothing readable as a temperature: cool-down cannot be checked
+        (device.sandbox.root / f"sys/class/thermal/thermal_zone{zone}/temp").write_text("\n")
+    (device.sandbox.root / "sys/class/power_supply/battery/temp").write_text("\n")
+    out = tmp_path / "bench.json"
+    captured = _bench_json(capsys, [
+        "bench", str(onnx_models["slim"]), "--device", "adb", "--serial", device.serial, "--runs", "20",
+        "--warmup", "0", "--cooldown-seconds", "1", "--runner", "python-ort", "--json", str(out)])
+    thermal = json.loads(out.read_text())["device"]["thermal"]
+    assert thermal["throttled"] is True
+    model = thermal["models"]["slim.onnx"]
+    assert model["throttled_blocks"] == [0] and model["freq_samples"] and model["freq_khz"][0]["5"]["max"] == 1_200_000
+    assert model["cooldown_reached"] == [None] and thermal["cooldown"]["unchecked"] == 1
+    assert "THROTTLED" in captured.out and "cool-down not checked" in captured.out

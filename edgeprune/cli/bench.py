@@ -200,7 +200,13 @@ def _bench_adb(cfg: BenchConfig, sources, run_dir: Path | None):
             )
         except AndroidBenchError as exc:
             raise BenchError(str(exc)) from None
-    return result_from_android(record, seed=cfg.seed)
+    result = result_from_android(record, seed=cfg.seed)
+    from android_bench.bench import thermal_summary
+
+    result.device["thermal"] = thermal_summary(record)  # throttling, cool-down, frequency traces → bench.json
+    for flag in result.device["thermal"]["flags"]:
+        echo(f"warning: {flag}")
+    return result
 
 
 @app.command()
