@@ -369,6 +369,7 @@ def run_benchmark(
     start_timeout_s: float = 10.0,
     stall_s: float = 60.0,
     reconnect_wait_s: float = 10.0,
+    link_timeout_s: float = 10.0,
 ) -> dict:
     """Time every model (and ``baseline``) ``runs`` times on the device ``serial``; return device record + raw samples.
 
@@ -384,7 +385,8 @@ def run_benchmark(
     ``auth_timeout_s`` is how long the user has to tap "Allow" on a phone that does not know this computer yet;
     ``start_timeout_s`` how long the runner's pid file may take to appear; ``stall_s`` how long a runner may go
     without CPU time or output before it counts as hung; ``reconnect_wait_s`` how long a device that dropped off
-    (Wi-Fi, restarted adbd) may take to come back before it counts as gone.
+    (Wi-Fi, restarted adbd) may take to come back before it counts as gone; ``link_timeout_s`` how long one ADB
+    message may take before the link counts as dead (then reconnect and retry, as after a reset).
     """
     models = [pathlib.Path(m) for m in models]
     entries = ([(pathlib.Path(baseline), "baseline")] if baseline is not None else []) + [(m, "model") for m in models]
@@ -403,7 +405,8 @@ def run_benchmark(
     partial_path = pathlib.Path(partial_path) if partial_path is not None else pathlib.Path(
         tempfile.gettempdir()) / f"android_bench-partial-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
 
-    conn = AdbConnection(serial, key_path=key_path, auth_timeout_s=auth_timeout_s, reconnect_wait_s=reconnect_wait_s)
+    conn = AdbConnection(serial, key_path=key_path, auth_timeout_s=auth_timeout_s, reconnect_wait_s=reconnect_wait_s,
+                         transport_timeout_s=link_timeout_s, read_timeout_s=link_timeout_s)
     with _progress(progress) as prog:
         session = _Session(conn, runner_obj, workdir, partial_path, prog)
         try:

@@ -202,3 +202,25 @@ def test_ctrl_c_stops_the_runner_and_keeps_results(device, onnx_models, tmp_path
     with AdbConnection(device.serial) as conn:
         out, _ = conn.run("pgrep -f 'ort_python_scrip[t]' || echo none")
     assert out.strip() == "none"
+
+
+def test_link_that_goes_silent_times_out_and_the_block_is_rerun(make_device, onnx_models):
+    # A Wi-Fi drop: the device stops answering right at the launch, the socket stays open. The launch times out,
+    # which is retried like a reset: reconnect, stop whatever may have started, run the block again.
+    dev = make_device(faults=Faults(drop_match=_launch_match(onnx_models["slim"]), drop_after_messages=0,
+                                    silence=True))
+    started = time.monotonic()
+    result = run_benchmark([onnx_models["slim"]], dev.serial, runs=20, warmup=0, cooldown_seconds=1, progress=False,
+                           link_timeout_s=1.5)
+    res = result["results"][0]
+    assert dev.events_of("drop") and res["retried"] is True and res["runs"] == 20
+    assert result["reconnects"] >= 1 and time.monotonic() - started < 40
+
+
+def test_no_space_reported_before_done_as_adbd_does(make_device, onnx_models, tmp_path):
+    dev = make_device(faults=Faults(disk_quota_bytes=1000, fail_early=True))
+    partial = tmp_path / "partial.json"
+    with pytest.raises(NoSpaceError) as info:
+        run_benchmark([onnx_models["dense"]], dev.serial, runs=5, progress=False, partial_path=partial)
+    assert "No space left on device" in _one_line(info.value)
+    assert json.loads(partial.read_text())["device"]["model"] == "EML-L29"

@@ -16,8 +16,9 @@ Implements what a phone's adbd answers to the harness and to Debian's ``adb`` cl
 Faults (``Faults``): refuse auth, drop the TCP connection N messages after a matching OPEN, a disk quota that makes
 pushes fail with "No space left on device", and a 32-bit ABI (set on the ``Sandbox``).
 
-Deviation from adbd, documented: on a failed write adbd sends FAIL at once and discards data until DONE; adb-shell
-drops a WRTE that arrives while it waits for OKAY, so this device sends the FAIL after DONE, where every client reads.
+Out of space: by default the FAIL comes after the client's DONE; with ``Faults(fail_early=True)`` it comes at once
+and the rest of the data is discarded until DONE, as adbd does (tests/test_real_adbd.py checks the real daemon).
+``Faults(silence=True)`` turns a drop into a dead link: the connection stays open and nothing is answered.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Faults:
     drop_after_messages: int | None = None
     drop_times: int = 1
     disk_quota_bytes: int | None = None
+    silence: bool = False  # with drop_*: go silent instead of cutting TCP (a Wi-Fi drop: the client times out)
+    fail_early: bool = False  # out of space as adbd reports it: FAIL at once, then discard DATA until DONE
 
 
 class _Stream:
@@ -302,6 +305,9 @@ class _SyncStream(_Stream):
                 if error is None and server.faults.disk_quota_bytes is not None and \
                         received > server.faults.disk_quota_bytes:
                     error = "write failed: No space left on device"
+                    if server.faults.fail_early:  # what adbd does: FAIL now, the client reads it after its DONE
+                        server.record("push-failed", path, error)
+                        self._fail(error)
                 if error is None:
                     fh.write(data)
             elif ident == b"DONE":
@@ -310,8 +316,9 @@ class _SyncStream(_Stream):
                 if error is not None:
                     if tmp is not None:
                         tmp.unlink(missing_ok=True)
-                    server.record("push-failed", path, error)
-                    self._fail(error)
+                    if not server.faults.fail_early:
+                        server.record("push-failed", path, error)
+                        self._fail(error)
                     return None
                 os.chmod(tmp, stat_mod.S_IMODE(mode) or 0o644)
                 os.utime(tmp, (length, length))
@@ -365,11 +372,12 @@ class _Connection:
         self.last_signature: tuple[bytes, bytes] | None = None
         self.streams: dict[int, _Stream] = {}
         self.next_id = 1
+        self.silent = False
 
     def send(self, cmd: int, arg0: int, arg1: int, data: bytes = b"") -> None:
         packet = P.pack(cmd, arg0, arg1, data)
         with self.wlock:
-            if not self.alive:
+            if not self.alive or self.silent:
                 return
             try:
                 self.sock.sendall(packet)
@@ -407,8 +415,13 @@ class _Connection:
                 data = rfile.read(length) if length else b""
                 if len(data) < length:
                     break
+                if self.silent:
+                    continue  # a link that went dead: nothing arrives on the other side any more
                 if self.server.should_drop(cmd, data):
                     self.server.record("drop", P.NAMES.get(cmd, hex(cmd)))
+                    if self.server.faults.silence:
+                        self.silent = True
+                        continue
                     break
                 self.handle(cmd, arg0, arg1, data)
         except (OSError, ValueError) as exc:
