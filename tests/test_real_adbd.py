@@ -269,3 +269,12 @@ def _after_block_starts(adbd: RealAdbd, tag: str, action) -> threading.Thread:
     thread = threading.Thread(target=watch)
     thread.start()
     return thread
+
+
+def test_emulator_and_ipv6_serials_reach_the_daemon(adbd):
+    """adbd on 5555 is what adb calls ``emulator-5554``; ``[::1]:5555`` is the IPv6 form of the same daemon."""
+    from android_bench.devices import describe_device
+
+    with adbd.in_netns():
+        assert describe_device("emulator-5554")["model"] == "EML-L29"
+        assert describe_device("[::1]:5555")["model"] == "EML-L29"
