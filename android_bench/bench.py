@@ -259,7 +259,7 @@ class _Session:
         out, pidf, logf = (f"{out_dir}/{tag}.{ext}" for ext in ("txt", "pid", "log"))
         # Never retried blindly: a second launch would run the model twice at once.
         self.running_pidf = pidf
-        launch_out, rc = self.conn.run(self.launch_command(spec, tag), retry=False)
+        launch_out, rc = self.conn.run(self.launch_command(spec, tag), retry=False, what=f"starting the runner ({tag})")
         if rc != 0:
             raise DeviceCommandError(f"could not prepare {self.workdir} for the runner on the device (exit code {rc})")
         poll = self.poll_command(tag, pinned)
@@ -267,7 +267,7 @@ class _Session:
         last_progress, progress_mark, dead_since = start, None, None
         samples: list[dict] = []
         while True:
-            text, _ = self.conn.run(poll)
+            text, _ = self.conn.run(poll, what=f"polling the runner ({tag})")
             head, _, freqs = text.partition("__F")
             fields = dict(tok.partition("=")[::2] for tok in head.split() if "=" in tok)
             khz, cap = {}, {}
@@ -303,11 +303,12 @@ class _Session:
                 if mark != progress_mark:
                     progress_mark, last_progress = mark, now
                 elif now - last_progress > stall_s:
+                    said = self._device_text(logf, out)
                     self.conn.run(_kill_tree(pidf))
                     self.running_pidf = None
                     raise RunnerTimeoutError(
                         f"{tag}: the runner made no progress (no CPU time, no output) for {stall_s:.0f} s and was "
-                        f"stopped after {elapsed:.0f} s: it hangs on the device ({self._device_text(logf, out)})")
+                        f"stopped after {elapsed:.0f} s: it hangs on the device (its output: {said})")
             if elapsed > timeout_s:
                 self.conn.run(_kill_tree(pidf))
                 self.running_pidf = None
@@ -322,7 +323,7 @@ class _Session:
             self.conn.pull(out, local)
             output = normalize_newlines(local.read_text(errors="replace"))
         if int(code) != 0:
-            raise RunnerCrashError(f"runner {self.runner.name} exited with code {code}: {_tail(output)}")
+            raise RunnerCrashError(f"runner {self.runner.name} exited with code {code}: {_tail(output, 3)}")
         return self.runner.parse(output), samples
 
     def thermal_after(self) -> dict:

@@ -344,20 +344,24 @@ class AdbConnection:
                     ) from exc
 
     # -- commands -----------------------------------------------------------------------------------------------
-    def shell_raw(self, command: str, *, timeout_s: float | None = None, retry: bool = True) -> str:
-        """Run ``command`` and return merged stdout/stderr (no exit code). Retry once after reconnecting."""
+    def shell_raw(self, command: str, *, timeout_s: float | None = None, retry: bool = True,
+                  what: str | None = None) -> str:
+        """Run ``command`` and return merged stdout/stderr (no exit code). Retry once after reconnecting.
+        ``what`` names the command in error messages (default: its first 60 characters)."""
         read_timeout = max(self.read_timeout_s, timeout_s or 0)
         out = self._call(
-            f"running `{command[:60]}`",
+            what or f"running `{command[:60]}`",
             lambda d: d.shell(command, read_timeout_s=read_timeout, timeout_s=timeout_s),
             retry,
         )
         return normalize_newlines(out)
 
-    def run(self, command: str, *, timeout_s: float | None = None, retry: bool = True) -> tuple[str, int]:
+    def run(self, command: str, *, timeout_s: float | None = None, retry: bool = True,
+            what: str | None = None) -> tuple[str, int]:
         """Run ``command``; return (output, exit code) using the ``__RC=`` sentinel adb-shell needs."""
         # A subshell keeps `exit N` inside the command from skipping the sentinel.
-        out = self.shell_raw(f"({command}\n); echo {RC_SENTINEL}$?", timeout_s=timeout_s, retry=retry)
+        out = self.shell_raw(f"({command}\n); echo {RC_SENTINEL}$?", timeout_s=timeout_s, retry=retry,
+                             what=what or f"running `{command[:60]}`")
         text = out.rstrip("\n")
         head, sep, tail = text.rpartition("\n")
         last = tail if sep else text
