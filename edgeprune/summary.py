@@ -61,7 +61,22 @@ def _neuron_count(m: nn.Module) -> int:
 
 
 def _following_bn(model: nn.Module) -> dict[str, nn.Module]:
-    """Map producer name → the BatchNorm that directly follows it in a Sequential (the common case)."""
+    """Map producer name → the BatchNorm channel-wise attached to its neurons.
+
+    The definition is SeReNe's, the one regularization, thresholding and surgery use
+    (:func:`edgeprune.regularize.neurons.find_neurons`: the BN that directly consumes the layer's output in the
+    traced graph, wherever it sits in the module tree — e.g. DenseNet's ``conv1 → norm2``). Only a model torch.fx
+    cannot trace falls back to module-tree adjacency (a Sequential's next child, or ``convN``/``bnN`` pairs)."""
+    from .errors import ModelError
+    from .regularize.neurons import find_neurons
+
+    try:
+        return {nl.name: nl.bn for nl in find_neurons(model).layers if nl.bn is not None}
+    except ModelError:
+        return _following_bn_by_name(model)
+
+
+def _following_bn_by_name(model: nn.Module) -> dict[str, nn.Module]:
     out: dict[str, nn.Module] = {}
     for prefix, mod in model.named_modules():
         if isinstance(mod, nn.Sequential):

@@ -91,7 +91,7 @@ def worker(folder: Path) -> None:
             # The whole regularize ⇄ threshold loop.
             model = load_checkpoint(folder / "base.pt").model
             # Nine epochs that improve, then a threshold step: training, sensitivities and T all matter.
-            cfg = CompressConfig(method=method, lam=lam, twt=0.5, pwe=1, lr=0.2, max_epochs=10,
+            cfg = CompressConfig(method=method, lam=lam, twt=0.5, pwe=1, prune="weights", lr=0.2, max_epochs=10,
                                  batch_size=GLOBAL_BATCH, target_drop=0.3, device="cpu")
             state = folder / f"state-{tag}-{method}.pt"
             res = serene_(model, data, cfg, state_path=state)
@@ -117,7 +117,7 @@ def _batchnorm_run(folder: Path, tag: str) -> dict:
         splits.append(type(s)(torch.nn.functional.interpolate(s.x, size=(8, 8)), s.y))
     torch.manual_seed(0)
     model = create_model("tiny-cnn")
-    cfg = CompressConfig(method="serene-lb", lam=0.05, twt=0.5, pwe=1, lr=1.0, max_epochs=6,
+    cfg = CompressConfig(method="serene-lb", lam=0.05, twt=0.5, pwe=1, prune="weights", lr=1.0, max_epochs=6,
                          batch_size=GLOBAL_BATCH, target_drop=0.5, device="cpu")
     rows: list[dict] = []
     res = serene_(model, DataBundle("synthetic", *splits, (1, 8, 8), 3, ""), cfg,

@@ -25,7 +25,7 @@ def _outputs(model, x):
 def full_run(setup, tmp_path_factory):
     data, base = setup
     run = tmp_path_factory.mktemp("run") / "r"
-    cfg = _config(lam=0.2, twt=1.0, max_epochs=8)
+    cfg = _config(lam=0.2, twt=1.0, max_epochs=8, prune="neurons")  # the default: whole neurons, no folding
     summary = run_compress(base, run, cfg, data=data)
     return data, run, summary
 

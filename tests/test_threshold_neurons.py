@@ -157,3 +157,39 @@ def test_scale_free_score_ignores_a_layer_rescaling():
     assert torch.allclose(neuron_scores(m, g, alive), before)
     with pytest.raises(ValueError, match="neuron score"):
         neuron_scores(m, g, alive, "bogus")
+
+
+def _densenet():
+    import torchvision
+
+    return torchvision.models.densenet121(num_classes=10)
+
+
+@pytest.mark.parametrize("name,make,shape", [
+    ("tiny-resnet", lambda: create_model("tiny-resnet"), (1, 8, 8)),
+    ("resnet20", lambda: create_model("resnet20-cifar", in_channels=1), (1, 16, 16)),
+    ("densenet121", _densenet, (3, 64, 64)),  # pre-activation: a conv's BN is the next layer's norm
+])
+def test_the_neuron_counts_agree_everywhere(name, make, shape, one_thread):
+    """After neuron pruning, four views count the same alive neurons per layer: the summary (`edgeprune info`,
+    the report), the regularizer's neurons, the threshold's groups, and the slim model surgery builds."""
+    from edgeprune.regularize.loop import neurons_alive
+    from edgeprune.summary import summarize
+
+    torch.manual_seed(0)
+    m = make().eval()
+    randomize_bn(m)
+    groups, masks, chosen = _random_prune(m, shape, fraction=0.34)
+    summary = {r.name: r.alive_neurons for r in summarize(m, shape).layers}
+    regularize = neurons_alive(m)
+    slim = {r.name: r.neurons for r in summarize(surgery(m, shape).model, shape).layers}
+    threshold = {}
+    for g in groups:
+        alive = group_alive(g, masks)
+        for mod_name, kind, ridx, midx in g.members:
+            if kind in ("layer", "depthwise"):
+                threshold[mod_name] = int(alive[ridx].sum())
+    assert set(regularize) == set(summary) == set(slim)
+    for layer in summary:
+        assert summary[layer] == regularize[layer] == slim[layer] == threshold.get(layer, summary[layer]), layer
+    assert sum(summary.values()) < sum(r.neurons for r in summarize(make(), shape).layers)

@@ -56,6 +56,56 @@ class SereneResult:
     """What the last bisection under the accuracy target pruned (None when it did not run)."""
 
 
+@dataclasses.dataclass
+class Snapshot:
+    """A network the loop keeps: its weights (CPU), validation metrics and, for the last good one, its masks."""
+
+    state: dict[str, torch.Tensor]
+    val: dict
+    masks: dict[str, torch.Tensor] | None = None
+
+
+@dataclasses.dataclass
+class LoopState:
+    """Everything Alg. 1 carries from one epoch or threshold step to the next (saved atomically after each)."""
+
+    masks: dict[str, torch.Tensor]
+    baseline_val: dict
+    target: float
+    """Validation accuracy the result must keep (baseline − target_drop)."""
+    best: Snapshot
+    """The best network of the current regularization cycle (lowest validation loss)."""
+    initial: dict[str, torch.Tensor]
+    epoch: int = 0
+    cycle: int = 0
+    since_best: int = 0
+    pending_plateau: bool = False
+    elapsed: float = 0.0
+    rows: int = 0
+    """Metrics rows emitted so far (a resumed run truncates metrics.jsonl to this)."""
+    thresholds: list[float] = dataclasses.field(default_factory=list)
+    last_good: Snapshot | None = None
+    """The network kept at the last plateau that met the target, with its masks."""
+    done: str | None = None
+    """Why the loop stopped: target, max_epochs, max_minutes, nothing_pruned; None while running."""
+
+    def to_payload(self) -> dict:
+        """Plain dicts and tensors only (``torch.load(weights_only=True)`` reads them back)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["masks"] = {k: v.cpu() for k, v in self.masks.items()}
+        out["best"] = dataclasses.asdict(self.best)
+        out["last_good"] = dataclasses.asdict(self.last_good) if self.last_good is not None else None
+        return out
+
+    @classmethod
+    def from_payload(cls, data: dict) -> "LoopState":
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["best"] = Snapshot(**data["best"])
+        values["last_good"] = Snapshot(**data["last_good"]) if data.get("last_good") is not None else None
+        return cls(**values)
+
+
 def regularize_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, reg: Regularizer,
                      device: torch.device | str = "cpu", description: str = "regularize") -> dict:
     """One epoch of SGD on cross-entropy with the regularizer's update after each step (SeReNe eq. 15 / 23).
@@ -130,50 +180,45 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
         return distributed.evaluate(model, data.val, 1000, device)
 
     state_path = Path(state_path) if state_path is not None else None
-    st: dict
+    st: LoopState
     if resume and state_path is not None and state_path.exists():
-        st = _load_state(state_path, device, config)
-        model.load_state_dict(st.pop("model"))
-        optimizer.load_state_dict(st.pop("optimizer"))
-        torch.set_rng_state(st.pop("rng"))
-        if st["done"] in ("max_epochs", "max_minutes"):
-            st["done"] = None  # a larger budget continues a run that stopped on its budget
-        log.info("resuming at epoch %d (cycle %d, %d threshold steps so far)", st["epoch"], st["cycle"],
-                 len(st["thresholds"]))
+        st, saved = _load_state(state_path, device, config)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        if st.done in ("max_epochs", "max_minutes"):
+            st.done = None  # a larger budget continues a run that stopped on its budget
+        log.info("resuming at epoch %d (cycle %d, %d threshold steps so far)", st.epoch, st.cycle,
+                 len(st.thresholds))
     else:
         # Everything starts alive (BatchNorm's β is initialized to exactly zero: a from-scratch LOBSTER run must be
         # able to train it); zeros in the input are pruned by the first threshold step (|θ| = 0 ≤ T).
         masks = full_masks(model)
         base_val = val_eval()
-        st = {
-            "epoch": 0, "cycle": 0, "since_best": 0, "pending_plateau": False, "elapsed": 0.0, "rows": 0,
-            "masks": masks, "thresholds": [], "baseline_val": base_val,
-            "target": base_val["accuracy"] - config.target_drop,
-            "best": {"state": _state_dict_cpu(model), "val": base_val},
-            "last_good": None, "done": None, "initial": _state_dict_cpu(model),
-        }
+        st = LoopState(masks=masks, baseline_val=base_val, target=base_val["accuracy"] - config.target_drop,
+                       best=Snapshot(_state_dict_cpu(model), base_val), initial=_state_dict_cpu(model))
         log.info("baseline validation: loss %.4f, accuracy %.2f%%; target accuracy %.2f%%", base_val["loss"],
-                 100 * base_val["accuracy"], 100 * st["target"])
-    masks = {k: v.to(device) for k, v in st["masks"].items()}
-    st["masks"] = masks
-    t_start = time.time() - st["elapsed"]
+                 100 * base_val["accuracy"], 100 * st.target)
+    masks = {k: v.to(device) for k, v in st.masks.items()}
+    st.masks = masks
+    t_start = time.time() - st.elapsed
 
     def save() -> None:
-        st["elapsed"] = time.time() - t_start
+        st.elapsed = time.time() - t_start
         if state_path is not None and distributed.is_main():
             _save_state(state_path, st, model, optimizer, config)
 
     def row(kind: str, **values) -> None:
         nz = count_alive(masks)
-        r = {"kind": kind, "epoch": st["epoch"], "cycle": st["cycle"],
+        r = {"kind": kind, "epoch": st.epoch, "cycle": st.cycle,
              "params_total": sum(m.numel() for m in masks.values()), "params_alive": nz,
              "params_nonzero": int(sum(int(p.detach().ne(0).sum()) for p in model.parameters())),
              "neurons_alive": neurons_alive(model, ng), "seconds": round(time.time() - t_start, 2), **values}
         emit(r)
-        st["rows"] += 1
+        st.rows += 1
 
     def budget_left() -> str | None:
-        if st["epoch"] >= config.max_epochs:
+        if st.epoch >= config.max_epochs:
             return "max_epochs"
         if config.max_minutes is not None and distributed.any_rank(time.time() - t_start >= 60 * config.max_minutes):
             return "max_minutes"
@@ -185,34 +230,34 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     # Data-parallel: DDP averages the gradients in backward; the regularizer's hooks stay on the inner model.
     stepper = distributed.wrap_ddp(model) if parallel else model
     with reg_ctx as reg:
-        while st["done"] is None:
-            if st["pending_plateau"]:
+        while st.done is None:
+            if st.pending_plateau:
                 _plateau(st, model, optimizer, masks, val_eval, config, row, groups)
                 save()
                 continue
             reason = budget_left()
             if reason is not None:
-                st["done"] = reason
+                st.done = reason
                 break
-            train_b.set_epoch(st["epoch"])
+            train_b.set_epoch(st.epoch)
             tr = regularize_epoch(stepper, train_b, optimizer, reg, device,
-                                  description=f"epoch {st['epoch'] + 1} (cycle {st['cycle'] + 1})")
+                                  description=f"epoch {st.epoch + 1} (cycle {st.cycle + 1})")
             va = val_eval()
-            st["epoch"] += 1
-            if va["loss"] < st["best"]["val"]["loss"]:
-                st["best"] = {"state": _state_dict_cpu(model), "val": va}
-                st["since_best"] = 0
+            st.epoch += 1
+            if va["loss"] < st.best.val["loss"]:
+                st.best = Snapshot(_state_dict_cpu(model), va)
+                st.since_best = 0
             else:
-                st["since_best"] += 1
-            st["pending_plateau"] = st["since_best"] >= config.pwe
+                st.since_best += 1
+            st.pending_plateau = st.since_best >= config.pwe
             row("epoch", train_loss=tr["loss"], train_accuracy=tr["accuracy"], val_loss=va["loss"],
-                val_accuracy=va["accuracy"], best_val_loss=st["best"]["val"]["loss"], since_best=st["since_best"])
+                val_accuracy=va["accuracy"], best_val_loss=st.best.val["loss"], since_best=st.since_best)
             log.info("epoch %d (cycle %d): train loss %.4f  val loss %.4f acc %.2f%%  best %.4f  no gain %d/%d  "
-                     "params alive %d", st["epoch"], st["cycle"] + 1, tr["loss"], va["loss"], 100 * va["accuracy"],
-                     st["best"]["val"]["loss"], st["since_best"], config.pwe, count_alive(masks))
+                     "params alive %d", st.epoch, st.cycle + 1, tr["loss"], va["loss"], 100 * va["accuracy"],
+                     st.best.val["loss"], st.since_best, config.pwe, count_alive(masks))
             save()
             if on_epoch is not None:
-                on_epoch(st["epoch"])
+                on_epoch(st.epoch)
     return _finish(st, model, masks, val_eval, config, time.time() - t_start, groups, row)
 
 
@@ -247,20 +292,20 @@ def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callab
     return out
 
 
-def _plateau(st, model, optimizer, masks, val_eval, config, row, groups) -> None:
+def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, groups) -> None:
     """Alg. 1 lines 6–9 at a regularization plateau: check the target, keep, threshold, pin. A step that prunes
     nothing ends the run (LOBSTER Sec. 4.2: with TWT = 0 the loop would otherwise regularize until its budget)."""
     from .. import distributed
 
-    st["pending_plateau"] = False
-    model.load_state_dict(st["best"]["state"])
-    va = st["best"]["val"]
-    if va["accuracy"] < st["target"]:
+    st.pending_plateau = False
+    model.load_state_dict(st.best.state)
+    va = st.best.val
+    if va["accuracy"] < st.target:
         log.info("validation accuracy %.2f%% fell below the target %.2f%%: stopping", 100 * va["accuracy"],
-                 100 * st["target"])
-        st["done"] = "target"
+                 100 * st.target)
+        st.done = "target"
         return
-    st["last_good"] = {"state": st["best"]["state"], "val": va, "masks": {k: v.cpu().clone() for k, v in masks.items()}}
+    st.last_good = Snapshot(st.best.state, va, {k: v.cpu().clone() for k, v in masks.items()})
     bound = (1.0 + config.twt) * va["loss"]
     step = threshold_step(model, masks, groups, lambda m: val_eval(), lambda v: v["loss"] <= bound, config.prune,
                           config.neuron_score)
@@ -271,22 +316,22 @@ def _plateau(st, model, optimizer, masks, val_eval, config, row, groups) -> None
         masks[k].copy_(step["masks"][k])
     pin_(model, masks, optimizer)
     after = val_eval()
-    st["cycle"] += 1
-    st["thresholds"].append(t)
-    st["best"] = {"state": _state_dict_cpu(model), "val": after}
-    st["since_best"] = 0
+    st.cycle += 1
+    st.thresholds.append(t)
+    st.best = Snapshot(_state_dict_cpu(model), after)
+    st.since_best = 0
     row("threshold", threshold=t, neurons_pruned=step["neurons_pruned"], neuron_score=step["neuron_score"],
         neurons_pruned_per_layer=step["per_layer"], bound=bound, val_loss=after["loss"],
         val_accuracy=after["accuracy"], evaluations=step["evaluations"])
     log.info("threshold %d (%s): T=%.4g, %d neurons  val loss %.4f (bound %.4f)  acc %.2f%%  params alive %d  "
-             "neurons alive %s", st["cycle"], config.prune, t, step["neurons_pruned"], after["loss"], bound,
+             "neurons alive %s", st.cycle, config.prune, t, step["neurons_pruned"], after["loss"], bound,
              100 * after["accuracy"], count_alive(masks), list(neurons_alive(model).values()))
     if count_alive(masks) == alive_before:
         log.info("the threshold step pruned nothing: stopping (LOBSTER's rule)")
-        st["done"] = "nothing_pruned"
+        st.done = "nothing_pruned"
 
 
-def _finish(st, model, masks, val_eval, config, seconds, groups=(), row=None) -> SereneResult:
+def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), row=None) -> SereneResult:
     """The most pruned network that meets the target.
 
     The starting point is the last network that met it: at a budget stop the current best when it still meets the
@@ -294,39 +339,38 @@ def _finish(st, model, masks, val_eval, config, seconds, groups=(), row=None) ->
     ``config.final_step`` one more threshold step runs on it, constrained by the accuracy target itself (not by the
     TWT loss bound): a run stopped by its budget before any plateau, or right after a step that overshot, still
     returns a pruned network whenever one meeting the target exists."""
-    best = st["best"]
+    best = st.best
     device = next(iter(masks.values())).device if masks else "cpu"
-    if st["done"] != "target" and best["val"]["accuracy"] >= st["target"]:
-        chosen = {"state": best["state"], "val": best["val"], "masks": masks}
-    elif st["last_good"] is not None:
-        chosen = st["last_good"]
+    if st.done != "target" and best.val["accuracy"] >= st.target:
+        chosen = Snapshot(best.state, best.val, masks)
+    elif st.last_good is not None:
+        chosen = st.last_good
     elif config.final_step:
-        chosen = {"state": st["initial"], "val": st["baseline_val"],
-                  "masks": {k: torch.ones_like(v) for k, v in masks.items()}}
+        chosen = Snapshot(st.initial, st.baseline_val, {k: torch.ones_like(v) for k, v in masks.items()})
     else:
         chosen = None
     final = None
     if chosen is None:
         log.warning("no pruned network met the target accuracy; returning the input network")
-        model.load_state_dict(st["initial"])
+        model.load_state_dict(st.initial)
         met, final_masks = False, {k: v.clone() for k, v in masks.items()}
     else:
-        model.load_state_dict(chosen["state"])
-        final_masks = {k: v.to(device).clone() for k, v in chosen["masks"].items()}
+        model.load_state_dict(chosen.state)
+        final_masks = {k: v.to(device).clone() for k, v in chosen.masks.items()}
         met = True
         if config.final_step:
             final = _final_step(st, model, final_masks, val_eval, config, groups, row)
             met = final["met"]
     model.eval()
-    result = SereneResult(model, final_masks, met, st["done"], st["epoch"], list(st["thresholds"]),
-                          st["baseline_val"], val_eval(), st["target"], seconds)
+    result = SereneResult(model, final_masks, met, st.done, st.epoch, list(st.thresholds),
+                          st.baseline_val, val_eval(), st.target, seconds)
     result.final_step = final
     return result
 
 
-def _final_step(st, model, masks, val_eval, config, groups, row) -> dict:
+def _final_step(st: LoopState, model, masks, val_eval, config, groups, row) -> dict:
     """A last threshold step under the accuracy target (see :func:`_finish`); ``masks`` is updated in place."""
-    target = st["target"]
+    target = st.target
     alive_before = count_alive(masks)
     layers = [nl.layer for nl in find_neurons(model).layers]
 
@@ -353,17 +397,15 @@ def _final_step(st, model, masks, val_eval, config, groups, row) -> dict:
     return info
 
 
-def _save_state(path: Path, st: dict, model, optimizer, config: CompressConfig) -> None:
+def _save_state(path: Path, st: LoopState, model, optimizer, config: CompressConfig) -> None:
     payload = {"format": STATE_FORMAT, "config": config.comparable(), "model": _state_dict_cpu(model),
-               "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-               **{k: v for k, v in st.items() if k != "masks"},
-               "masks": {k: v.cpu() for k, v in st["masks"].items()}}
+               "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), **st.to_payload()}
     buf = io.BytesIO()
     torch.save(payload, buf)
     _io.write_bytes(path, buf.getvalue())
 
 
-def _load_state(path: Path, device, config: CompressConfig) -> dict:
+def _load_state(path: Path, device, config: CompressConfig) -> tuple[LoopState, dict]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -378,9 +420,7 @@ def _load_state(path: Path, device, config: CompressConfig) -> dict:
     if diff:
         raise ConfigError(f"the run was started with other options ({', '.join(diff)}); rerun with the same options "
                           "or use a new --out folder")
-    st = {k: v for k, v in payload.items() if k not in ("format", "config", "model", "optimizer", "rng")}
-    st["model"], st["optimizer"], st["rng"] = payload["model"], payload["optimizer"], payload["rng"]
-    return st
+    return LoopState.from_payload(payload), payload
 
 
 def saved_row_count(state_path: str | Path) -> int:
@@ -389,4 +429,4 @@ def saved_row_count(state_path: str | Path) -> int:
     return int(payload.get("rows", 0))
 
 
-__all__ = ["SereneResult", "neurons_alive", "regularize_epoch", "saved_row_count", "serene_"]
+__all__ = ["LoopState", "SereneResult", "Snapshot", "neurons_alive", "regularize_epoch", "saved_row_count", "serene_"]
