@@ -130,6 +130,8 @@ class Settings:
     tp_target_ratio: float | None = None
     """Target MACs as a fraction of the dense model's; None: the MACs of (a)'s slim model."""
     macs_tolerance: float = 0.03
+    round_channels: int | None = None
+    """Widths rounded up to multiples of this: surgery keeps a few dead channels (exact), TP prunes with round_to."""
     # latency
     bench_runs: int = 1000
     bench_warmup: int = 50
@@ -263,7 +265,8 @@ def run_serene(s: Settings, m: Method, base_path: Path, data: DataBundle, folder
     t0 = time.time()
     resume = (folder / STATE).exists()
     summary = run_compress(base_path, folder, config, resume=resume, data=data,
-                           options=StageOptions(export_formats=("onnx",), report=False))
+                           options=StageOptions(export_formats=("onnx",), report=False,
+                                                round_channels=s.round_channels))
     slim_path = folder / "model.pt" if (folder / "model.pt").exists() else folder / "masked.pt"
     slim = load_checkpoint(slim_path).model.eval()
     shape = tuple(data.input_shape)
@@ -351,7 +354,7 @@ def run_torch_pruning(s: Settings, m: Method, base_path: Path, data: DataBundle,
     importance = tp.importance.GroupMagnitudeImportance(p=2, normalizer="max")
     pruner = tp.pruner.GroupNormPruner(model, example, importance=importance, reg=reg, global_pruning=True,
                                        pruning_ratio=1.0, iterative_steps=TP_ITERATIVE_STEPS, max_pruning_ratio=1.0,
-                                       ignored_layers=[output_layer(model)])
+                                       ignored_layers=[output_layer(model)], round_to=s.round_channels)
     rows = []
     # 1. sparse learning: TP's regularizer adds reg·γ·θ to the gradients of every coupled group (no weight decay).
     opt = torch.optim.SGD(model.parameters(), lr=s.tp_lr, momentum=0.9, weight_decay=0.0)
@@ -408,6 +411,7 @@ def run_torch_pruning(s: Settings, m: Method, base_path: Path, data: DataBundle,
                    f"TP's CIFAR dose {TP_REF_REG:g}·{TP_REF_LR_STEPS:.1f} lr-steps ÷ (lr·sparse steps)",
                    "alpha": 2 ** 4, "global_pruning": True, "pruning_ratio": 1.0,
                    "iterative_steps": TP_ITERATIVE_STEPS, "ignored_layers": ["output layer"],
+                   "round_to": s.round_channels,
                    "sparse_lr": s.tp_lr, "finetune_lr": s.tp_lr, "finetune_weight_decay": s.tp_finetune_weight_decay,
                    "momentum": 0.9, "batch_size": s.batch_size, "target_macs": target_macs,
                    "target": target_note, "torch_pruning": tp.__version__},
@@ -515,7 +519,9 @@ def _budget_text(report: dict) -> str:
         + ", ".join(f"{k} {v:.0f}" for k, v in b["seconds"].items()) + ").",
         f"SeReNe / ℓ2 (edgeprune compress): λ {st['lam']:g}, TWT {st['twt']:g}, PWE {st['pwe']}, "
         f"η {st['lr']:g}, momentum {st['momentum']:g}, batch {st['batch_size']}, target drop "
-        f"{100 * st['target_drop']:g} pt (validation), ℓ2 weight decay {st['l2_weight_decay']:g}.",
+        f"{100 * st['target_drop']:g} pt (validation), ℓ2 weight decay {st['l2_weight_decay']:g}; slim widths "
+        + (f"rounded up to multiples of {st['round_channels']}." if st.get("round_channels")
+           else "exact (no rounding)."),
     ]
     tp = report["methods"].get(METHODS["c"].key)
     if tp and "skipped" not in tp:
@@ -574,6 +580,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
                     help="TP's target MACs ÷ dense MACs (default: the MACs of method a)")
     ap.add_argument("--macs-tolerance", type=float, default=d.macs_tolerance,
                     help="how far TP's MACs may be from the target (fraction) before the report flags it")
+    ap.add_argument("--round-channels", type=int, default=None,
+                    help="round slim widths up to multiples of N (surgery) / prune in multiples of N (TP round_to); "
+                         "odd widths can make ONNX Runtime slower than the dense model")
     ap.add_argument("--bench-runs", type=int, default=d.bench_runs)
     args = ap.parse_args(argv)
     s = Settings(arch=args.arch, width=args.width, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
@@ -582,7 +591,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
                  lam=args.lam, twt=args.twt, pwe=args.pwe, lr=args.lr, target_drop=args.target_drop,
                  l2_weight_decay=args.l2_weight_decay, tp_reg=args.tp_reg, tp_sparse_epochs=args.tp_sparse_epochs,
                  tp_lr=args.tp_lr, tp_target_ratio=args.tp_target_ratio, macs_tolerance=args.macs_tolerance,
-                 bench_runs=args.bench_runs)
+                 round_channels=args.round_channels, bench_runs=args.bench_runs)
     if s.epochs < 1 or s.baseline_epochs < 1:
         raise SystemExit("--epochs and --baseline-epochs must be at least 1")
     s.tp_split()
