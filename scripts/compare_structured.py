@@ -277,7 +277,8 @@ def run_serene(s: Settings, m: Method, base_path: Path, data: DataBundle, folder
         **describe(slim, shape),
         "onnx": str(folder / "model.onnx"), "onnx_bytes": exp["onnx_bytes"], "onnx_7z_bytes": exp["onnx_7z_bytes"],
         "training_epochs": summary["epochs"],
-        "epochs_split": f"{summary['epochs']} regularization epochs",
+        "epochs_split": f"{summary['epochs']} regularization epochs" + (
+            f" (of {s.epochs}; stopped: {summary.get('stop_reason')})" if summary["epochs"] < s.epochs else ""),
         "serene": {k: summary.get(k) for k in ("met_target", "stop_reason", "thresholds", "val_accuracy",
                                                "target_val_accuracy", "baseline_val_accuracy")},
         "masked_alive_channels": summary["pruned"]["neurons"],

@@ -55,7 +55,8 @@ def test_tiny_comparison(cs, tmp_path, one_thread):
         r = report["methods"][key]
         assert "skipped" not in r, r.get("skipped")
         assert f"| {r['label']} |" in table
-        assert r["training_epochs"] == settings.epochs
+        # The budget: SeReNe's loop may stop earlier (accuracy target, a step that prunes nothing), never later.
+        assert 1 <= r["training_epochs"] <= settings.epochs
         assert 0.0 <= r["top1_error"] <= 1.0
         assert r["onnx_bytes"] > 0 and 0 < r["onnx_7z_bytes"]
         assert (tmp_path / key / "result.json").exists()
@@ -67,6 +68,7 @@ def test_tiny_comparison(cs, tmp_path, one_thread):
         assert len(r["channels"]) == len(report["dense"]["channels"])
 
     tp = report["methods"]["tp-groupnorm-sl"]
+    assert tp["training_epochs"] == settings.epochs
     dense_macs = report["dense"]["macs"]
     target = tp["tp"]["macs_target"]
     assert tp["macs"] < dense_macs
