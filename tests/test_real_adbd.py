@@ -278,3 +278,33 @@ def test_emulator_and_ipv6_serials_reach_the_daemon(adbd):
     with adbd.in_netns():
         assert describe_device("emulator-5554")["model"] == "EML-L29"
         assert describe_device("[::1]:5555")["model"] == "EML-L29"
+
+
+X86_64_EMULATOR = {"ro.product.model": "sdk_gphone64_x86_64", "ro.product.cpu.abi": "x86_64",
+                   "ro.product.cpu.abilist": "x86_64,arm64-v8a", "ro.product.cpu.abilist64": "x86_64,arm64-v8a",
+                   "ro.build.version.sdk": "34", "ro.build.version.release": "14"}
+
+
+def test_ort_c_bundle_through_real_adbd(tmp_path, private_home, onnx_models):
+    """The C runner (x86_64 bundle, as on an x86_64 emulator image) pushed, started and timed through adbd."""
+    from android_bench.runner_build import RunnerBuildError, build_bundle
+
+    cache = pathlib.Path(os.environ.get("EDGEPRUNE_RUNNER_CACHE") or tmp_path / "runner-cache")
+    try:
+        bundle = build_bundle("x86_64", cache)
+    except RunnerBuildError as exc:
+        pytest.fail(f"the x86_64 runner bundle could not be built from the registries: {exc}")
+    from android_bench.runners.ort_c import OrtCRunner
+
+    class OrtCx86_64(OrtCRunner):
+        abi = "x86_64"  # the registry's ort-c is the arm64 phone build; this bundle is the x86_64 one
+
+    register_runner("test-ort-c-x86_64", lambda arg: OrtCx86_64(arg))
+    sandbox = Sandbox(tmp_path / "emulator", props=X86_64_EMULATOR, machine="x86_64")
+    with RealAdbd(sandbox, tmp_path / "adbd") as adbd, adbd.in_netns():
+        result = run_benchmark([onnx_models["slim"]], adbd.serial, runner=f"test-ort-c-x86_64:{bundle}",
+                               baseline=onnx_models["dense"], runs=40, warmup=2, cooldown_seconds=1, progress=False)
+    assert result["device"]["model"] == "sdk_gphone64_x86_64" and result["runner"] == "ort-c"
+    assert result["device"]["machine"] == "x86_64"
+    assert [r["runs"] for r in result["results"]] == [40, 40]
+    assert all(0 < s < 1000 for r in result["results"] for s in r["samples_ms"])

@@ -36,8 +36,8 @@ def make_device(tmp_path, private_home):
     started: list[LoopbackAdbDevice] = []
 
     def _make(*, faults: Faults | None = None, abi32: bool = False, pty: bool = False,
-              maxdata: int | None = None) -> LoopbackAdbDevice:
-        sandbox = Sandbox(tmp_path / f"phone{len(started)}", abi32=abi32)
+              maxdata: int | None = None, props: dict | None = None, machine: str | None = None) -> LoopbackAdbDevice:
+        sandbox = Sandbox(tmp_path / f"phone{len(started)}", abi32=abi32, props=props, machine=machine)
         dev = LoopbackAdbDevice(sandbox, faults=faults, pty=pty, **({"maxdata": maxdata} if maxdata else {}))
         dev.start()
         started.append(dev)

@@ -75,11 +75,13 @@ def _write(path: pathlib.Path, text: str, mode: int | None = None) -> None:
 class Sandbox:
     """Creates and edits the fake phone filesystem. Tests change frequencies and temperatures through it."""
 
-    def __init__(self, root: pathlib.Path, *, abi32: bool = False, ncpu: int = 8, python: str = sys.executable):
+    def __init__(self, root: pathlib.Path, *, abi32: bool = False, ncpu: int = 8, python: str = sys.executable,
+                 props: dict[str, str] | None = None, machine: str | None = None):
         self.root = pathlib.Path(root).resolve()
         self.ncpu = ncpu
         self.abi32 = abi32
-        self.props = dict(PROPS_32 if abi32 else PROPS_64)
+        self.machine = machine or ("armv8l" if abi32 else "aarch64")  # what `uname -m` says
+        self.props = {**(PROPS_32 if abi32 else PROPS_64), **(props or {})}
         for sub in ("data/local/tmp", "sdcard", "bin"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         _write(self.root / "proc/cpuinfo", _cpuinfo(ncpu, abi32))
@@ -178,8 +180,7 @@ shift
 exec "$@"
 """, x)
         _write(b / "python3", f"#!/bin/sh\nexec '{python}' \"$@\"\n", x)
-        machine = "armv8l" if self.abi32 else "aarch64"
         _write(b / "uname", f"""#!/bin/sh
 # The phone's kernel architecture for `uname -m`; everything else from the host's uname.
-if [ "$1" = -m ]; then echo {machine}; else exec /bin/uname "$@"; fi
+if [ "$1" = -m ]; then echo {self.machine}; else exec /bin/uname "$@"; fi
 """, x)
