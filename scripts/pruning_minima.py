@@ -38,7 +38,7 @@ from edgeprune import _io  # noqa: E402
 from edgeprune.analysis import plots  # noqa: E402
 from edgeprune.analysis.hessian import top_hessian_eigenvalues  # noqa: E402
 from edgeprune.analysis.landscape import loss_plane  # noqa: E402
-from edgeprune.analysis.masks import magnitude_masks, masks_from_zeros, sparsity_of  # noqa: E402
+from edgeprune.masks import masks_from_zeros, sparsity_masks, sparsity_of  # noqa: E402
 from edgeprune.analysis.oneshot import OneShotConfig, oneshot, prepare_model, train_masked  # noqa: E402
 from edgeprune.analysis.psp import psp_entropy  # noqa: E402
 from edgeprune.analysis.reports import layer_summary, sample_batches  # noqa: E402
@@ -136,7 +136,7 @@ def gradual_magnitude(base, data, train_split, sparsities, epochs, out: Path, de
             model = ld.model
             points.append({"sparsity": ld.meta["sparsity"], "top1_error": ld.meta["top1_error"], "path": str(path)})
             continue
-        masks = magnitude_masks(model, s)
+        masks = sparsity_masks(model, s)
         model, _ = prepare_model(model, base.arch, masks, "finetune")
         train_b = Batches(train_split, 128, shuffle=True, seed=100 + k, augment=data.augment)
         train_masked(model, masks, train_b, epochs, lr=0.01, device=device, description=f"gradual {s:.0%}")

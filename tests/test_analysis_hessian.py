@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from edgeprune.analysis.hessian import make_hvp, survivors_of, top_hessian_eigenvalues
-from edgeprune.analysis.masks import apply_masks_, magnitude_masks
+from edgeprune.masks import apply_masks_, sparsity_masks
 from edgeprune.models import create_model
 
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _setup(arch: str, sparsity: float, shape):
     torch.manual_seed(0)
     model = create_model(arch).double().eval()
-    apply_masks_(model, magnitude_masks(model, sparsity))
+    apply_masks_(model, sparsity_masks(model, sparsity))
     x = torch.randn(48, *shape, dtype=torch.float64)
     y = torch.randint(0, 3, (48,))
     return model, [(x[:20], y[:20]), (x[20:], y[20:])], x, y

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgeprune.analysis.landscape import loss_plane, mean_loss, orthogonal_direction, plane_grid
-from edgeprune.analysis.masks import apply_masks_, magnitude_masks
+from edgeprune.masks import apply_masks_, sparsity_masks
 from edgeprune.models import create_model
 from edgeprune.train import evaluate
 
@@ -23,8 +23,8 @@ def _two_solutions(arch="tiny-cnn"):
     with torch.no_grad():
         for p in b.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-    apply_masks_(a, magnitude_masks(a, 0.5))
-    apply_masks_(b, magnitude_masks(b, 0.7))
+    apply_masks_(a, sparsity_masks(a, 0.5))
+    apply_masks_(b, sparsity_masks(b, 0.7))
     if arch == "tiny-cnn":  # give BN different running statistics so buffers are interpolated too
         b[1].running_mean.fill_(0.3)
     x = torch.randn(60, 1, 8, 8)

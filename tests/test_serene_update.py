@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from edgeprune.models import create_model
 from edgeprune.regularize import find_neurons
 from edgeprune.regularize.update import Regularizer, insensitivity, lobster_update_, serene_update_
-from edgeprune.threshold import full_masks, magnitude_masks, pin_
+from edgeprune.threshold import full_masks, threshold_masks, pin_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,7 +51,7 @@ def test_lobster_update_is_per_parameter():
 def test_pinned_parameters_stay_zero_through_sgd_momentum(method):
     torch.manual_seed(0)
     model = create_model("tiny-cnn")
-    masks = magnitude_masks(model, full_masks(model), 0.1)
+    masks = threshold_masks(model, full_masks(model), 0.1)
     # Kill one whole neuron too (its BN channel included).
     for name in ("0.weight", "0.bias", "1.weight", "1.bias"):
         masks[name][1] = False
@@ -142,7 +142,7 @@ def test_state_recorded_before_the_field_resumes_with_the_sum(tmp_path):
     """A run recorded without conv_sensitivity summed over positions: it resumes that way, not with the new mean."""
     from edgeprune.errors import ConfigError
     from edgeprune.regularize.config import CompressConfig
-    from edgeprune.regularize.loop import STATE_FORMAT, _load_state
+    from edgeprune.regularize.loop import STATE_FORMAT, LoopState, Snapshot, _load_state
 
     recorded = CompressConfig().to_dict()
     del recorded["conv_sensitivity"]
@@ -153,8 +153,11 @@ def test_state_recorded_before_the_field_resumes_with_the_sum(tmp_path):
     saved = config.comparable()
     del saved["conv_sensitivity"]
     path = tmp_path / "state.pt"
+    loop = LoopState(masks=full_masks(model), baseline_val={"loss": 1.0, "accuracy": 0.5}, target=0.4,
+                     best=Snapshot(model.state_dict(), {"loss": 1.0, "accuracy": 0.5}), initial=model.state_dict(),
+                     epoch=3)
     torch.save({"format": STATE_FORMAT, "config": saved, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "rng": torch.get_rng_state(), "epoch": 3, "masks": full_masks(model)}, path)
-    assert _load_state(path, "cpu", config)["epoch"] == 3
+                "rng": torch.get_rng_state(), **loop.to_payload()}, path)
+    assert _load_state(path, "cpu", config)[0].epoch == 3
     with pytest.raises(ConfigError, match="conv_sensitivity"):
         _load_state(path, "cpu", CompressConfig.from_dict({**recorded, "conv_sensitivity": "mean"}, recorded=True))

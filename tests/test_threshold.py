@@ -7,7 +7,7 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeprune.threshold import find_threshold, full_masks, largest_admissible, magnitude_masks
+from edgeprune.threshold import find_threshold, full_masks, largest_admissible, threshold_masks
 
 
 @given(st.integers(1, 300), st.integers(0, 300))
@@ -54,12 +54,12 @@ def test_find_threshold_on_synthetic_monotone_loss():
     assert evals <= weights.numel().bit_length() + 1
 
 
-def test_magnitude_masks_keep_already_pruned():
+def test_threshold_masks_keep_already_pruned():
     model = nn.Linear(3, 2)
     masks = full_masks(model)
     masks["weight"][0, 0] = False
     with torch.no_grad():
         model.weight.fill_(1.0)
         model.bias.fill_(0.01)
-    new = magnitude_masks(model, masks, 0.5)
+    new = threshold_masks(model, masks, 0.5)
     assert not new["weight"][0, 0] and new["weight"].sum() == 5 and not new["bias"].any()

@@ -8,7 +8,7 @@
 * ``random-structure``  same number of survivors in every parameter tensor at random positions, fresh random
                         initialization (one structure per seed).
 
-Training pins the mask: pruned parameters stay exactly zero (see :func:`edgeprune.analysis.masks.pinning_hooks`).
+Training pins the mask: pruned parameters stay exactly zero (see :func:`edgeprune.masks.pinning_hooks`).
 Each result is a checkpoint whose meta carries ``top1_error`` and ``sparsity``.
 """
 
@@ -25,8 +25,8 @@ import torch.nn as nn
 
 from .. import _io
 from ..errors import CheckpointError, ConfigError
-from .masks import Masks, apply_masks_, magnitude_masks, masks_from_zeros, prunable_parameters, random_structure_masks
-from .masks import pinning_hooks, sparsity_of
+from ..masks import (Masks, apply_masks_, masks_from_zeros, pinning_hooks, prunable_parameters, random_structure_masks,
+                     sparsity_masks, sparsity_of)
 
 log = logging.getLogger(__name__)
 
@@ -210,12 +210,12 @@ def oneshot(baseline_path: str | os.PathLike, config: OneShotConfig, out: str | 
                 tuple(match_masks[n].shape) != tuple(p.shape) for n, p in base_params.items()):
             raise CheckpointError(f"{match_path} does not have the baseline's architecture (after surgery?); "
                                   "give the gradual run's masked.pt, which keeps the original shapes")
-        masks = match_masks if config.match_mask else magnitude_masks(base.model, target)
+        masks = match_masks if config.match_mask else sparsity_masks(base.model, target)
         source = {"match": str(match_path), "match_sparsity": target, "match_mask": config.match_mask,
                   "match_top1_error": matched.meta.get("top1_error")}
     else:
         target = float(config.sparsity)
-        masks = magnitude_masks(base.model, target)
+        masks = sparsity_masks(base.model, target)
         source = {}
 
     data = load_dataset(dataset, config.data_dir, seed=int(base.meta.get("seed", 0)))

@@ -60,7 +60,7 @@ def _dataset_of(config_dataset: str | None, meta: dict, path) -> str:
 
 
 def _sparsity(model) -> float:
-    from .masks import masks_from_zeros, sparsity_of
+    from ..masks import masks_from_zeros, sparsity_of
 
     return sparsity_of(masks_from_zeros(model))
 

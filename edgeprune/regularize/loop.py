@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from .. import _io
 from .._progress import make_progress
 from ..errors import CheckpointError, ConfigError
-from ..threshold import apply_masks_, count_alive, find_threshold, full_masks, pin_
+from ..masks import apply_masks_, count_alive, full_masks, pin_
+from ..threshold import find_threshold
 from ..threshold.neurons import find_neuron_threshold, neuron_groups
 from .config import CompressConfig
 from .neurons import find_neurons, neuron_alive

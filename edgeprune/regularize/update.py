@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..threshold.masks import Masks, pin_, zero_pinned_grads_
+from ..masks import Masks, pin_, zero_pinned_grads_
 from .neurons import NeuronGraph, NeuronLayer, find_neurons
 from .sensitivity import (
     CONV_SENSITIVITY,

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .masks import Masks, apply_masks_, magnitude_masks
+from ..masks import Masks, apply_masks_, threshold_masks
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def find_threshold(model: nn.Module, masks: Masks, loss_fn: Callable[[nn.Module]
     values: dict[float, Any] = {}
 
     def trial(t: float) -> bool:
-        trial_masks = magnitude_masks(model, masks, t)
+        trial_masks = threshold_masks(model, masks, t)
         apply_masks_(model, trial_masks)
         value = loss_fn(model)
         for n, p in params.items():
@@ -71,4 +71,4 @@ def find_threshold(model: nn.Module, masks: Masks, loss_fn: Callable[[nn.Module]
     t, evals = largest_admissible(candidates, trial)
     if t is None:
         return 0.0, masks, None, evals
-    return t, magnitude_masks(model, masks, t), values[t], evals
+    return t, threshold_masks(model, masks, t), values[t], evals

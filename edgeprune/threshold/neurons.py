@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from .bisection import largest_admissible
-from .masks import Masks, apply_masks_
+from ..masks import Masks, apply_masks_
 
 log = logging.getLogger(__name__)
 
