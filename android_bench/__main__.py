@@ -37,9 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=1000)
     b.add_argument("--warmup", type=int, default=50)
     b.add_argument("--threads", type=int, default=None, help="default: number of pinned cores")
-    b.add_argument("--cores", default=None, help="big (default: every cluster but the slowest), prime (the fastest cluster), all, or a hex mask")
+    b.add_argument("--cores", default=None,
+                   help="big (default: every cluster but the slowest), prime (the fastest cluster), all, or a hex mask")
     b.add_argument("--cooldown", type=float, default=60.0, help="max seconds to wait for idle temperature")
-    b.add_argument("--rounds", type=int, default=None, help="blocks per model, each its own runner process (default: ~100 runs a block, 2 to 10)")
+    b.add_argument("--rounds", type=int, default=None,
+                   help="blocks per model, each its own runner process (default: ~100 runs a block, 2 to 10)")
     b.add_argument("--timeout", type=float, default=None, help="seconds per block before the runner is stopped")
     b.add_argument("--keep", action="store_true", help="leave pushed files on the device (next run reuses them)")
     b.add_argument("--out", type=pathlib.Path, default=None, help="write the result JSON here (also partial results)")

@@ -2,15 +2,20 @@
 
 Per run of ``run_benchmark``:
 
-1. connect (``~/.android/adbkey``), record the device (``device_info``), check the runner's ABI;
+1. connect (``~/.android/adbkey``), record the device (``device_info``), check the runner's ABI (primary ABI and
+   ``uname -m``);
 2. push the runner's files and the models into ``/data/local/tmp/edgeprune/``, skipping files whose sha256 on the
    device already matches (so ``keep=True`` makes the next run push nothing);
-3. pin to the big cores (highest ``cpuinfo_max_freq``, or ``cores``), threads = pinned cores (or ``threads``);
-4. for each block — dense and slim alternate A B A B when a baseline is given — wait until the temperature is back near
-   the idle baseline (at most ``cooldown_seconds``), start the runner detached (``nohup … &``, output to a file),
-   poll for its exit code while sampling ``scaling_cur_freq`` of the pinned cores, pull the output and parse it;
-5. a block interrupted by a lost connection is retried once after reconnecting; after every block everything measured
-   so far is written atomically to ``partial_path``, whose name every error message carries;
+3. pin by cluster policy (``cores``: big, prime, all or a hex mask; offline cores noted), threads = pinned cores;
+4. for each block (each its own runner process; dense and slim alternate A B A B when a baseline is given) wait
+   until the temperature is back near the idle baseline (at most ``cooldown_seconds``; the outcome is recorded, "not
+   checked" when nothing could be read), start the runner detached as a statement of its own with every stream
+   redirected and SIGHUP ignored, require its pid file within seconds, poll its exit code, liveness, CPU time and
+   output size while sampling the pinned cores' clocks (a runner without progress is stopped early), pull the output
+   and parse it;
+5. a block interrupted by a lost connection or a link timeout is retried once after reconnecting; a device that does
+   not come back is reported gone; after every block everything measured so far is written atomically to
+   ``partial_path``, whose name every error message carries;
 6. delete the work dir unless ``keep=True``.
 
 Statistics (mean, percentiles, speedup) are the caller's job; this returns raw samples and the device record.

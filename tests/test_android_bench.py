@@ -162,3 +162,16 @@ def test_ort_c_runner_bundle_through_the_harness(device, onnx_models, native_ort
     assert res["runtime"] == "ort-c" and res["runs"] == 100 and all(s > 0 for s in res["samples_ms"])
     assert (device.sandbox.root / WORKDIR / "ort_c" / "run.sh").is_file()
     assert device.sandbox.taskset_masks() == ["f0"]
+
+
+def test_android_10_thermal_service_is_preferred_and_its_status_flags_throttling(device, onnx_models):
+    # Typed temperatures from the platform (a BCL current entry among them, to be ignored) and status 2 = moderate.
+    device.sandbox.set_thermalservice(2, [("cpu0", 0, 41.5), ("skin", 3, 33.0), ("ibat", 7, 1200.0)])
+    result = run_benchmark([onnx_models["slim"]], device.serial, runs=10, warmup=0, cooldown_seconds=1,
+                           progress=False)
+    dev = result["device"]
+    assert dev["thermal_source"] == "thermalservice" and dev["thermal_status"] == 2 and dev["max_temp_c"] == 41.5
+    assert {t["name"] for t in dev["temperatures"]} == {"cpu0", "skin"}
+    block = result["results"][0]["blocks"][0]
+    assert block["throttled"] is True and block["end_thermal_status"] == 2 and block["cooldown_reached"] is True
+    assert result["idle_temp_c"] == 41.5 and result["throttled"] is True

@@ -252,32 +252,20 @@ class _SlowSecondModel(PythonOrtRunner):
 
 def _after_block_starts(adbd: RealAdbd, tag: str, action) -> threading.Thread:
     """Run ``action`` once the runner of block ``tag`` has written its pid file on the device."""
-    pid_file = adbd.newroot / "data/local/tmp/edgeprune/out" / f"{tag}.pid"
+    probe = adbd.ns_command(["test", "-s", f"{WORK}/out/{tag}.pid"], mount=True)
 
     def watch():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            probe = subprocess.run(adbd.ns_command(["test", "-s", f"/data/local/tmp/edgeprune/out/{tag}.pid"],
-                                                   mount=True), capture_output=True)
-            if probe.returncode == 0:
+            if subprocess.run(probe, capture_output=True).returncode == 0:
                 time.sleep(0.5)
                 action()
                 return
             time.sleep(0.2)
 
-    del pid_file
     thread = threading.Thread(target=watch)
     thread.start()
     return thread
-
-
-def test_emulator_and_ipv6_serials_reach_the_daemon(adbd):
-    """adbd on 5555 is what adb calls ``emulator-5554``; ``[::1]:5555`` is the IPv6 form of the same daemon."""
-    from android_bench.devices import describe_device
-
-    with adbd.in_netns():
-        assert describe_device("emulator-5554")["model"] == "EML-L29"
-        assert describe_device("[::1]:5555")["model"] == "EML-L29"
 
 
 X86_64_EMULATOR = {"ro.product.model": "sdk_gphone64_x86_64", "ro.product.cpu.abi": "x86_64",
@@ -308,3 +296,14 @@ def test_ort_c_bundle_through_real_adbd(tmp_path, private_home, onnx_models):
     assert result["device"]["machine"] == "x86_64"
     assert [r["runs"] for r in result["results"]] == [40, 40]
     assert all(0 < s < 1000 for r in result["results"] for s in r["samples_ms"])
+
+
+def test_emulator_and_ipv6_serials_reach_the_daemon(adbd):
+    """adbd on 5555 is what adb calls ``emulator-5554``; ``[::1]:5555`` is the IPv6 form of the same daemon."""
+    from android_bench.devices import describe_device
+
+    with adbd.in_netns():
+        assert describe_device("emulator-5554")["model"] == "EML-L29"
+        assert describe_device("[::1]:5555")["model"] == "EML-L29"
+    listing = _adb(adbd, "get-state")  # Debian's adb client agrees that the daemon is a device
+    assert listing.strip() == "device"

@@ -134,6 +134,14 @@ class Sandbox:
     def set_temp(self, zone: int, millidegrees: int) -> None:
         _write(self.root / f"sys/class/thermal/thermal_zone{zone}/temp", f"{millidegrees}\n")
 
+    def set_thermalservice(self, status: int, temperatures: list[tuple[str, int, float]]) -> None:
+        """Make ``dumpsys thermalservice`` answer like Android 10+: throttling ``status`` and (name, type, °C)."""
+        lines = [f"\tTemperature{{mValue={t}, mType={kind}, mName={name}, mStatus={status}}}"
+                 for name, kind, t in temperatures]
+        _write(self.root / "thermalservice.txt",
+               f"IsStatusOverride: false\nThermal Status: {status}\nHAL Ready: true\n"
+               "Current temperatures from HAL:\n" + "\n".join(lines) + "\nCurrent cooling devices from HAL:\n")
+
     def taskset_masks(self) -> list[str]:
         log = self.root / "taskset.log"
         return log.read_text().split() if log.exists() else []
@@ -156,8 +164,11 @@ fi
 """, x)
         bat = self.root / "sys/class/power_supply/battery"
         _write(b / "dumpsys", f"""#!/bin/sh
-# Only "dumpsys battery" is emulated, in Android's format (temperature in tenths of a degree).
-if [ "$1" = battery ]; then
+# "dumpsys battery" in Android's format (temperature in tenths of a degree); "dumpsys thermalservice" (Android 10+)
+# prints thermalservice.txt when a test wrote one (set_thermalservice), else the service is missing as on Android 8.
+if [ "$1" = thermalservice ] && [ -f '{self.root / 'thermalservice.txt'}' ]; then
+  cat '{self.root / 'thermalservice.txt'}'
+elif [ "$1" = battery ]; then
   echo "Current Battery Service state:"
   echo "  AC powered: false"
   echo "  USB powered: true"
