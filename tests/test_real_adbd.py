@@ -64,9 +64,12 @@ def _one_line(exc: Exception) -> str:
 
 
 def _adb(daemon: RealAdbd, *args: str) -> str:
-    """Debian's adb client inside the namespace (its server on the namespace's own loopback)."""
-    cmd = f"adb connect {daemon.serial} >/dev/null; adb -s {daemon.serial} " + " ".join(args)
-    out = subprocess.run(daemon.ns_command(["sh", "-c", cmd]), capture_output=True, text=True, timeout=60)
+    """Debian's adb client inside the namespaces (its server on the namespace's own loopback, ended afterwards and
+    in the PID namespace anyway, so it cannot outlive the test)."""
+    cmd = (f"adb connect {daemon.serial} >/dev/null; adb -s {daemon.serial} " + " ".join(args)
+           + "; adb kill-server >/dev/null 2>&1")
+    out = subprocess.run(daemon.ns_command(["sh", "-c", cmd], mount=True), capture_output=True, text=True,
+                         timeout=60)
     return out.stdout
 
 
@@ -307,3 +310,12 @@ def test_emulator_and_ipv6_serials_reach_the_daemon(adbd):
         assert describe_device("[::1]:5555")["model"] == "EML-L29"
     listing = _adb(adbd, "get-state")  # Debian's adb client agrees that the daemon is a device
     assert listing.strip() == "device"
+
+
+def test_fetch_script_is_idempotent():
+    """setup.sh runs scripts/fetch_adbd.sh every time: with adbd in place it checks it and does nothing else."""
+    from real_adbd.daemon import REPO, adbd_root
+
+    proc = subprocess.run(["bash", str(REPO / "scripts/fetch_adbd.sh"), str(adbd_root())], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "already" in proc.stderr and "reading" not in proc.stderr
