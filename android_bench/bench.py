@@ -264,7 +264,8 @@ class _Session:
         out, pidf, logf = (f"{out_dir}/{tag}.{ext}" for ext in ("txt", "pid", "log"))
         # Never retried blindly: a second launch would run the model twice at once.
         self.running_pidf = pidf
-        launch_out, rc = self.conn.run(self.launch_command(spec, tag), retry=False, what=f"starting the runner ({tag})")
+        launch_out, rc = self.conn.run(self.launch_command(spec, tag), retry=False,
+                                       what=f"starting the runner ({tag})")
         if rc != 0:
             raise DeviceCommandError(f"could not prepare {self.workdir} for the runner on the device (exit code {rc})")
         poll = self.poll_command(tag, pinned)
