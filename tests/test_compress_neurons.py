@@ -11,7 +11,7 @@ from edgeprune import _io
 from edgeprune.checkpoint import load_checkpoint, save_checkpoint
 from edgeprune.data import Batches, DataBundle
 from edgeprune.models import create_model
-from edgeprune.pipeline import run_compress
+from edgeprune.pipeline import StageOptions, run_compress
 from edgeprune.regularize.config import CompressConfig
 from edgeprune.threshold.neurons import group_alive, neuron_groups
 from edgeprune.train import train_epoch
@@ -44,6 +44,10 @@ def _config(**kw) -> CompressConfig:
     return CompressConfig(**base)
 
 
+# The loop and surgery are what these tests check; exports and the report are covered in test_pipeline_stages.
+FAST = StageOptions(export_formats=(), report=False)
+
+
 def _rows(run):
     return list(_io.read_jsonl(run / "metrics.jsonl"))
 
@@ -51,7 +55,7 @@ def _rows(run):
 def test_neuron_pruning_kills_whole_bn_channels_and_surgery_cuts_them(bn_setup, tmp_path):
     data, base = bn_setup
     run = tmp_path / "run"
-    summary = run_compress(base, run, _config(), data=data)
+    summary = run_compress(base, run, _config(), data=data, options=FAST)
     masked = load_checkpoint(run / "masked.pt").model.eval()
     groups = neuron_groups(masked, (1, 8, 8))
     masks = {n: p.detach().ne(0) for n, p in masked.named_parameters()}
@@ -79,21 +83,21 @@ def test_neuron_pruning_kills_whole_bn_channels_and_surgery_cuts_them(bn_setup, 
 def test_budget_before_any_plateau_still_returns_a_pruned_network(bn_setup, tmp_path):
     """One epoch, no plateau (PWE 50): no threshold step runs in the loop, the final step prunes under the target."""
     data, base = bn_setup
-    summary = run_compress(base, tmp_path / "run", _config(max_epochs=1, pwe=50), data=data)
+    summary = run_compress(base, tmp_path / "run", _config(max_epochs=1, pwe=50), data=data, options=FAST)
     assert summary["stop_reason"] == "max_epochs" and summary["thresholds"] == []
     assert summary["final_step"]["neurons_pruned"] > 0 and summary["met_target"]
     assert summary["compression_ratio"] > 1.0
     assert summary["val_accuracy"] >= summary["target_val_accuracy"]
     assert [r["kind"] for r in _rows(tmp_path / "run")][-1] == "final"
     # Without the final step the same budget returns the input network, as before.
-    plain = run_compress(base, tmp_path / "plain", _config(max_epochs=1, pwe=50, final_step=False), data=data)
+    plain = run_compress(base, tmp_path / "plain", _config(max_epochs=1, pwe=50, final_step=False), data=data, options=FAST)
     assert plain["compression_ratio"] == pytest.approx(1.0)
 
 
 def test_step_that_overshoots_the_target_falls_back_and_prunes_within_it(bn_setup, tmp_path):
     """A huge TWT prunes far past the target; the run returns the last good network pruned under the target."""
     data, base = bn_setup
-    summary = run_compress(base, tmp_path / "run", _config(twt=50.0, target_drop=0.02, max_epochs=6), data=data)
+    summary = run_compress(base, tmp_path / "run", _config(twt=50.0, target_drop=0.02, max_epochs=6), data=data, options=FAST)
     rows = _rows(tmp_path / "run")
     assert summary["stop_reason"] == "target"
     assert summary["met_target"] and summary["val_accuracy"] >= summary["target_val_accuracy"]
@@ -107,13 +111,13 @@ def test_lobster_rule_stops_when_a_step_prunes_nothing(bn_setup, tmp_path):
     data, base = bn_setup
     summary = run_compress(base, tmp_path / "run", _config(twt=0.0, lam=0.0, method="l2", weight_decay=0.0, lr=1e-6,
                                                            max_epochs=20, final_step=False, prune="weights"),
-                           data=data)
+                           data=data, options=FAST)
     assert summary["stop_reason"] == "nothing_pruned" and summary["epochs"] < 20
 
 
 def test_weights_mode_is_the_papers_global_magnitude_threshold(bn_setup, tmp_path):
     data, base = bn_setup
-    run_compress(base, tmp_path / "run", _config(prune="weights", final_step=False), data=data)
+    run_compress(base, tmp_path / "run", _config(prune="weights", final_step=False), data=data, options=FAST)
     thresholds = [r for r in _rows(tmp_path / "run") if r["kind"] == "threshold"]
     assert thresholds and all(r["threshold"] > 0 and r["neurons_pruned"] == 0 for r in thresholds)
 
