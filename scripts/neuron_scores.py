@@ -25,7 +25,7 @@ from edgeprune.checkpoint import load_checkpoint  # noqa: E402
 from edgeprune.data import load_dataset  # noqa: E402
 from edgeprune.masks import apply_masks_, full_masks  # noqa: E402
 from edgeprune.summary import summarize  # noqa: E402
-from edgeprune.threshold.neurons import SCORES, find_neuron_threshold, neuron_groups  # noqa: E402
+from edgeprune.threshold.neurons import SCORES, find_neuron_threshold, neuron_groups, taylor_scores  # noqa: E402
 from edgeprune.train import evaluate  # noqa: E402
 
 
@@ -59,8 +59,9 @@ def main(argv=None) -> int:
         bound = (1 + twt) * base["loss"]
         for score in SCORES:
             t0 = time.time()
-            res = find_neuron_threshold(model, full_masks(model), groups,
-                                        lambda m: evaluate(m, batches)["loss"], lambda v: v <= bound, score)
+            scores = taylor_scores(model, groups, batches) if score == "taylor" else None
+            res = find_neuron_threshold(model, full_masks(model), groups, lambda m: evaluate(m, batches)["loss"],
+                                        lambda v: v <= bound, score, scores=scores)
             state = {k: v.clone() for k, v in model.state_dict().items()}
             apply_masks_(model, res.masks)
             after = evaluate(model, batches)

@@ -128,7 +128,7 @@ def test_config_rejects_unknown_modes_and_old_runs_resume_as_they_started():
     with pytest.raises(ConfigError, match="--prune must be one of"):
         CompressConfig(prune="filters")
     with pytest.raises(ConfigError, match="--neuron-score"):
-        CompressConfig(neuron_score="taylor")
+        CompressConfig(neuron_score="random")
     old = CompressConfig.from_dict({"method": "serene-lb"}, recorded=True)
     assert old.prune == "weights" and old.final_step is False
     assert CompressConfig.from_dict({"method": "serene-lb"}).prune == "neurons"

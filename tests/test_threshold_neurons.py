@@ -193,3 +193,57 @@ def test_the_neuron_counts_agree_everywhere(name, make, shape, one_thread):
     for layer in summary:
         assert summary[layer] == regularize[layer] == slim[layer] == threshold.get(layer, summary[layer]), layer
     assert sum(summary.values()) < sum(r.neurons for r in summarize(make(), shape).layers)
+
+
+def test_taylor_score_is_the_squared_directional_derivative_of_the_loss(one_thread):
+    """Independent truth: the loss's derivative along the direction that shrinks the whole neuron (all its coupled
+    parameters, BN included) to zero, by central finite differences in float64, squared and averaged over batches."""
+    import torch.nn.functional as F
+
+    from edgeprune.threshold.neurons import taylor_scores
+
+    m = _model("tiny-resnet", {}).double()
+    groups = neuron_groups(m, (1, 8, 8))
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g))
+               for _ in range(2)]
+    got = taylor_scores(m, groups, batches)
+    params = dict(m.named_parameters())
+    eps = 1e-6
+    for gi in (0, len(groups) - 1):
+        group = groups[gi]
+        for r in range(group.size):
+            direction = {n: torch.zeros_like(p) for n, p in params.items()}
+            for pname, dim, ridx, midx in group.params:
+                sel = midx[ridx == r]
+                view = direction[pname].movedim(dim, 0)
+                view[sel] = params[pname].detach().movedim(dim, 0)[sel]
+            want = 0.0
+            for x, y in batches:
+                losses = []
+                for sign in (1, -1):
+                    with torch.no_grad():
+                        for n, p in params.items():
+                            p.sub_(sign * eps * direction[n])
+                        losses.append(float(F.cross_entropy(m(x), y)))
+                        for n, p in params.items():
+                            p.add_(sign * eps * direction[n])
+                want += ((losses[0] - losses[1]) / (2 * eps)) ** 2
+            want /= len(batches)
+            assert float(got[gi][r]) == pytest.approx(want, rel=1e-4, abs=1e-12), (group.root, r)
+
+
+def test_taylor_ranking_needs_data_and_leaves_the_model_unchanged():
+    from edgeprune.threshold.neurons import taylor_scores
+
+    m = _model("tiny-resnet", {})
+    groups = neuron_groups(m, (1, 8, 8))
+    with pytest.raises(ValueError, match="taylor"):
+        find_neuron_threshold(m, full_masks(m), groups, lambda mm: 0.0, lambda v: True, "taylor")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.train()
+    scores = taylor_scores(m, groups, [(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))])
+    assert m.training and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert all(p.grad is None for p in m.parameters())
+    res = find_neuron_threshold(m, full_masks(m), groups, lambda mm: 0.0, lambda v: True, "taylor", scores=scores)
+    assert res.pruned == sum(g.size - 1 for g in groups)

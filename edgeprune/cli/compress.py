@@ -31,7 +31,8 @@ def compress(
                                              "CPU conv nets)."),
     prune: str = typer.Option(None, help="What a threshold step prunes: neurons (default: whole channels with their "
                                          "BN, a faster slim model), weights (SeReNe eq. 22) or both."),
-    neuron_score: str = typer.Option(None, help="Neuron ranking for --prune neurons|both: norm (default) or gamma."),
+    neuron_score: str = typer.Option(None, help="Neuron ranking for --prune neurons|both: taylor (default, loss-based), "
+                                                "norm or gamma."),
     final_step: bool = typer.Option(None, "--final-step/--no-final-step",
                                     help="At the end, one more bisection under the accuracy target (default on)."),
     conv_sensitivity: str = typer.Option(None, help="Conv filter sensitivity over positions: mean (default, as the "

@@ -14,7 +14,7 @@ CONFIG_TYPE = "edgeprune.CompressConfig"
 CONFIG_VERSION = 1
 
 PRUNE_MODES = ("neurons", "weights", "both")
-NEURON_SCORES = ("norm", "gamma")
+NEURON_SCORES = ("taylor", "norm", "gamma")
 
 # Fields added after the first runs, with the value those runs used: resuming a run recorded without the field
 # continues it the way it started (a missing field in a user's --config file gets today's default instead).
@@ -61,9 +61,10 @@ class CompressConfig:
     """What a threshold step prunes: "neurons" (whole coupled channels, BN γ/β included: a smaller, faster slim
     model), "weights" (SeReNe eq. 22: one global magnitude T over all parameters) or "both" (neurons, then weights
     within the same loss bound, for the smallest .7z)."""
-    neuron_score: str = "norm"
-    """How neurons are ranked for neuron thresholding: "norm" (per-layer-normalized parameter norm) or "gamma"
-    (BatchNorm |γ| per layer, the network-slimming criterion; "norm" where a neuron has no BN)."""
+    neuron_score: str = "taylor"
+    """How neurons are ranked for neuron thresholding: "taylor" (the squared first-order change of the validation
+    loss when the whole neuron goes to zero), "norm" (per-layer-normalized parameter norm) or "gamma" (BatchNorm |γ|
+    per layer, the network-slimming criterion; "norm" where a neuron has no BN). See docs/serene.md."""
     final_step: bool = True
     """When the budget ends, or a threshold step missed the accuracy target, run one last bisection on the best
     network constrained by the accuracy target itself, so the run returns the most pruned network meeting it."""

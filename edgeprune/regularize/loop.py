@@ -30,7 +30,7 @@ from .._progress import make_progress
 from ..errors import CheckpointError, ConfigError
 from ..masks import apply_masks_, count_alive, full_masks, pin_
 from ..threshold import find_threshold
-from ..threshold.neurons import find_neuron_threshold, neuron_groups
+from ..threshold.neurons import find_neuron_threshold, neuron_groups, taylor_scores
 from .config import CompressConfig
 from .neurons import find_neurons, neuron_alive
 from .update import Regularizer
@@ -170,6 +170,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
         distributed.broadcast_parameters_(model)
     ng = find_neurons(model)
     groups = neuron_groups(model, tuple(data.input_shape)) if config.prune in ("neurons", "both") else []
+    score_batches = Batches(data.val, 500)  # the loss-based neuron score reads the validation split
     # Under torchrun each rank takes its slice of every global batch (config.batch_size stays the global batch).
     train_b = Batches(data.train, distributed.per_rank_batch(config.batch_size), shuffle=True, seed=config.seed,
                       augment=data.augment, rank=distributed.rank(), world_size=distributed.world_size())
@@ -233,7 +234,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     with reg_ctx as reg:
         while st.done is None:
             if st.pending_plateau:
-                _plateau(st, model, optimizer, masks, val_eval, config, row, groups)
+                _plateau(st, model, optimizer, masks, val_eval, config, row, groups, score_batches)
                 save()
                 continue
             reason = budget_left()
@@ -259,11 +260,12 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
             save()
             if on_epoch is not None:
                 on_epoch(st.epoch)
-    return _finish(st, model, masks, val_eval, config, time.time() - t_start, groups, row)
+    return _finish(st, model, masks, val_eval, config, time.time() - t_start, groups, row, score_batches)
 
 
 def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callable[[nn.Module], dict],
-                   admissible: Callable[[dict], bool], prune: str, neuron_score: str = "norm") -> dict:
+                   admissible: Callable[[dict], bool], prune: str, neuron_score: str = "norm",
+                   score_batches=None) -> dict:
     """One threshold step: the most pruning for which ``admissible(evaluate(pruned network))`` holds, over whole
     coupled neurons (``prune="neurons"``), single parameters by a global magnitude T (``"weights"``, SeReNe eq. 22)
     or both, neurons first and then weights on top of them under the same criterion.
@@ -271,10 +273,12 @@ def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callab
     The model is left unchanged. Returns a dict: ``masks`` (the new masks), ``threshold`` (T, 0 when no weight was
     pruned), ``neurons_pruned``, ``neuron_score`` (the largest score pruned), ``per_layer`` (neurons pruned per root
     layer), ``metrics`` (of the chosen network; None when nothing was pruned) and ``evaluations``."""
+    # ``score_batches`` (validation mini-batches) feed the loss-based "taylor" neuron score.
     out = {"masks": masks, "threshold": 0.0, "neurons_pruned": 0, "neuron_score": 0.0, "per_layer": {},
            "metrics": None, "evaluations": 0}
     if prune in ("neurons", "both") and groups:
-        res = find_neuron_threshold(model, masks, groups, evaluate, admissible, neuron_score)
+        scores = taylor_scores(model, groups, score_batches) if neuron_score == "taylor" else None
+        res = find_neuron_threshold(model, masks, groups, evaluate, admissible, neuron_score, scores=scores)
         out.update(masks=res.masks, neurons_pruned=res.pruned, neuron_score=res.score, per_layer=res.per_group,
                    evaluations=res.evaluations, metrics=res.value)
     if prune in ("weights", "both"):
@@ -293,7 +297,7 @@ def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callab
     return out
 
 
-def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, groups) -> None:
+def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, groups, score_batches=None) -> None:
     """Alg. 1 lines 6–9 at a regularization plateau: check the target, keep, threshold, pin. A step that prunes
     nothing ends the run (LOBSTER Sec. 4.2: with TWT = 0 the loop would otherwise regularize until its budget)."""
     from .. import distributed
@@ -309,7 +313,7 @@ def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, grou
     st.last_good = Snapshot(st.best.state, va, {k: v.cpu().clone() for k, v in masks.items()})
     bound = (1.0 + config.twt) * va["loss"]
     step = threshold_step(model, masks, groups, lambda m: val_eval(), lambda v: v["loss"] <= bound, config.prune,
-                          config.neuron_score)
+                          config.neuron_score, score_batches)
     t = step["threshold"]
     distributed.check_agree(t + step["neurons_pruned"], "the threshold step")
     alive_before = count_alive(masks)
@@ -332,7 +336,8 @@ def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, grou
         st.done = "nothing_pruned"
 
 
-def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), row=None) -> SereneResult:
+def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), row=None,
+            score_batches=None) -> SereneResult:
     """The most pruned network that meets the target.
 
     The starting point is the last network that met it: at a budget stop the current best when it still meets the
@@ -360,7 +365,7 @@ def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), r
         final_masks = {k: v.to(device).clone() for k, v in chosen.masks.items()}
         met = True
         if config.final_step:
-            final = _final_step(st, model, final_masks, val_eval, config, groups, row)
+            final = _final_step(st, model, final_masks, val_eval, config, groups, row, score_batches)
             met = final["met"]
     model.eval()
     result = SereneResult(model, final_masks, met, st.done, st.epoch, list(st.thresholds),
@@ -369,7 +374,7 @@ def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), r
     return result
 
 
-def _final_step(st: LoopState, model, masks, val_eval, config, groups, row) -> dict:
+def _final_step(st: LoopState, model, masks, val_eval, config, groups, row, score_batches=None) -> dict:
     """A last threshold step under the accuracy target (see :func:`_finish`); ``masks`` is updated in place."""
     target = st.target
     alive_before = count_alive(masks)
@@ -381,7 +386,7 @@ def _final_step(st: LoopState, model, masks, val_eval, config, groups, row) -> d
         return {**val_eval(), "connected": all(bool(layer.weight.detach().ne(0).any()) for layer in layers)}
 
     step = threshold_step(model, masks, groups, evaluate, lambda v: v["connected"] and v["accuracy"] >= target,
-                          config.prune, config.neuron_score)
+                          config.prune, config.neuron_score, score_batches)
     for k in masks:
         masks[k].copy_(step["masks"][k])
     pin_(model, masks)

@@ -26,10 +26,14 @@ from ..masks import Masks, apply_masks_
 
 log = logging.getLogger(__name__)
 
-SCORES = ("norm", "gamma")
-"""``norm``: the neuron's parameter norm in each member layer divided by that layer's mean over alive neurons,
-averaged over the members (conv/linear rows with their bias; BN's (γ, β)). ``gamma``: |γ| over the layer's mean
-|γ| where the neuron has BatchNorm channels (the network-slimming criterion), else ``norm``."""
+SCORES = ("taylor", "norm", "gamma")
+"""``taylor``: the loss-based score (LOBSTER's view of a parameter's importance, taken to whole neurons): the squared
+first-order change of the validation loss when every parameter of the neuron goes to zero, (Σ θ·∂L/∂θ)², summed
+over the neuron's parameters in all its coupled layers and averaged over validation mini-batches. Comparable across
+layers and groups, and it sees that a residual-stream channel, which feeds a whole stage, matters more than a
+channel inside one block. ``norm``: the neuron's parameter norm in each member layer divided by that layer's mean
+over alive neurons, averaged over the members (conv/linear rows with their bias; BN's (γ, β)). ``gamma``: |γ| over
+the layer's mean |γ| where the neuron has BatchNorm channels (the network-slimming criterion), else ``norm``."""
 
 
 @dataclasses.dataclass
@@ -137,8 +141,9 @@ def group_alive(group: NeuronGroup, masks: Masks) -> torch.Tensor:
 
 @torch.no_grad()
 def neuron_scores(model: nn.Module, group: NeuronGroup, alive: torch.Tensor, score: str = "norm") -> torch.Tensor:
-    """Scale-free importance of each neuron of ``group`` (see :data:`SCORES`); dead neurons score 0."""
-    if score not in SCORES:
+    """Scale-free importance of each neuron of ``group`` by its parameters alone (``norm`` or ``gamma``, see
+    :data:`SCORES`; ``taylor`` needs data: :func:`taylor_scores`); dead neurons score 0."""
+    if score not in ("norm", "gamma"):
         raise ValueError(f"neuron score must be one of {', '.join(SCORES)}, got {score!r}")
     modules = dict(model.named_modules())
     per_member: list[torch.Tensor] = []
@@ -162,6 +167,42 @@ def neuron_scores(model: nn.Module, group: NeuronGroup, alive: torch.Tensor, sco
     out = torch.stack(chosen).mean(0)
     out[~alive] = 0
     return out
+
+
+def taylor_scores(model: nn.Module, groups: list[NeuronGroup], batches,
+                  device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Per group, per neuron: mean over ``batches`` of (Σ θ·∂L/∂θ)² over the neuron's parameters (see
+    :data:`SCORES`). ``batches`` yields (inputs, labels); the model runs in eval mode (BN on its running statistics,
+    as in the validation the bisection uses) and is left unchanged, gradients included."""
+    import torch.nn.functional as F
+
+    params = dict(model.named_parameters())
+    device = device or next(model.parameters()).device
+    saved_grads = {n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in params.items()}
+    was_training = model.training
+    model.eval()
+    acc = [torch.zeros(g.size, dtype=torch.float64) for g in groups]
+    n = 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(params.values()), allow_unused=True)
+            gmap = dict(zip(params, grads))
+            for gi, group in enumerate(groups):
+                contrib = torch.zeros(group.size, dtype=torch.float64)
+                for pname, dim, ridx, midx in group.params:
+                    g = gmap[pname]
+                    if g is None:
+                        continue
+                    prod = (params[pname].detach() * g).movedim(dim, 0)[midx.to(g.device)]
+                    contrib.index_add_(0, ridx, prod.reshape(len(midx), -1).sum(1).double().cpu())
+                acc[gi] += contrib.pow(2)
+            n += 1
+    finally:
+        model.train(was_training)
+        for name, p in params.items():
+            p.grad = saved_grads[name]
+    return [a / max(n, 1) for a in acc]
 
 
 def _normalized(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
@@ -206,18 +247,23 @@ class NeuronThreshold:
 def find_neuron_threshold(model: nn.Module, masks: Masks, groups: list[NeuronGroup],
                           evaluate: Callable[[nn.Module], float], admissible: Callable[[float], bool],
                           score: str = "norm",
-                          progress: Callable[[int, float], None] | None = None) -> NeuronThreshold:
+                          progress: Callable[[int, float], None] | None = None,
+                          scores: list[torch.Tensor] | None = None) -> NeuronThreshold:
     """Prune the largest set of lowest-scored alive neurons for which ``admissible(evaluate(pruned model))`` holds.
 
+    ``scores`` (one tensor per group, e.g. from :func:`taylor_scores`) replaces the parameter-based ``score``.
     Every group keeps at least one alive neuron (its highest-scored one is never a candidate). The model is left
     unchanged; apply the returned masks to prune.
     """
+    if scores is None and score == "taylor":
+        raise ValueError("the taylor score needs data: pass scores=taylor_scores(model, groups, batches)")
     candidates: list[tuple[float, int, int]] = []
     for gi, group in enumerate(groups):
         alive = group_alive(group, masks)
         if int(alive.sum()) <= 1:
             continue
-        s = neuron_scores(model, group, alive, score)
+        s = scores[gi].clone() if scores is not None else neuron_scores(model, group, alive, score)
+        s[~alive] = 0
         order = [int(r) for r in torch.argsort(s, stable=True) if bool(alive[r])]
         candidates += [(float(s[r]), gi, r) for r in order[:-1]]  # the best neuron of each group stays
     candidates.sort(key=lambda c: (c[0], c[1], c[2]))
