@@ -272,8 +272,8 @@ def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callab
 
     The model is left unchanged. Returns a dict: ``masks`` (the new masks), ``threshold`` (T, 0 when no weight was
     pruned), ``neurons_pruned``, ``neuron_score`` (the largest score pruned), ``per_layer`` (neurons pruned per root
-    layer), ``metrics`` (of the chosen network; None when nothing was pruned) and ``evaluations``."""
-    # ``score_batches`` (validation mini-batches) feed the loss-based "taylor" neuron score.
+    layer), ``metrics`` (of the chosen network; None when nothing was pruned) and ``evaluations``.
+    ``score_batches`` (validation mini-batches) feed the loss-based ``"taylor"`` neuron score."""
     out = {"masks": masks, "threshold": 0.0, "neurons_pruned": 0, "neuron_score": 0.0, "per_layer": {},
            "metrics": None, "evaluations": 0}
     if prune in ("neurons", "both") and groups:
