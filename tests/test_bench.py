@@ -310,3 +310,25 @@ def test_result_from_android_record():
     assert d["speedup"]["median"] == pytest.approx(np.median(base) / np.median(slim))
     assert d["speedup"]["min"] == pytest.approx(min(base) / min(slim))
     assert "EML-L09" in render_table(res).title
+
+
+def test_thermal_record_reaches_the_title_and_report_md():
+    """A phone run's throttling and cool-down outcome are visible in the table title and in report.md."""
+    from edgeprune.bench.report import _title, markdown_section
+
+    rng = np.random.default_rng(0)
+    thermal = {"throttled": True, "thermal_source": "thermalservice", "cooldown": {"reached": 3, "not_reached": 0,
+               "unchecked": 1}, "cores_policy": "big", "pinned_cores": [4, 5, 6, 7],
+               "flags": ["THROTTLED: slim.onnx ran below 1 of 4 blocks' full clock (blocks 2); its times are pessimistic",
+                         "cool-down not checked before 1 block(s): no temperature could be read"]}
+    result = result_from_samples({"dense": [list(rng.uniform(2, 3, 10)) for _ in range(4)],
+                                  "slim": [list(rng.uniform(1, 2, 10)) for _ in range(4)]},
+                                 runtime="ort-c", device={"kind": "adb", "model": "P20", "thermal": thermal},
+                                 warmup=5, threads=4, baseline="dense")
+    assert "THROTTLED" in _title(result)
+    md = markdown_section(result)
+    assert "Thermal: temperatures from thermalservice" in md and "not checked 1×" in md and "throttled: YES" in md
+    assert "- **THROTTLED: slim.onnx" in md and "- **cool-down not checked" in md
+    clean = result_from_samples({"dense": [1.0, 2.0], "slim": [1.0, 1.5]}, runtime="onnxruntime",
+                                device={"kind": "cpu"}, warmup=1, threads=1, baseline="dense")
+    assert "THROTTLED" not in _title(clean) and "Thermal:" not in markdown_section(clean)

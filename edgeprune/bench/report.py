@@ -50,6 +50,11 @@ def _title(result: BenchResult) -> str:
             f"batch {result.batch_size}")
     if result.interrupted:
         text += " — INTERRUPTED, partial samples"
+    thermal = d.get("thermal") or {}
+    if thermal.get("throttled"):
+        text += " — THROTTLED (see the thermal notes)"
+    elif thermal.get("flags"):
+        text += " — thermal notes below"
     return text
 
 
@@ -101,6 +106,16 @@ def markdown_section(result: BenchResult) -> str:
     blocks = f"blocks of {result.block_size}" if result.block_size else "blocks"
     lines.append(f"Protocol: {warm}, {result.runs} timed runs per model in one process, models alternating in "
                  f"{blocks}, fixed seeded input (seed {result.seed}).")
+    thermal = d.get("thermal")
+    if thermal:
+        cool = thermal.get("cooldown") or {}
+        src = thermal.get("thermal_source") or "none readable"
+        lines.append(f"Thermal: temperatures from {src}; cool-down before each block reached idle "
+                     f"{cool.get('reached', 0)}×, not reached {cool.get('not_reached', 0)}×, not checked "
+                     f"{cool.get('unchecked', 0)}×; throttled: {'YES' if thermal.get('throttled') else 'no'}; "
+                     f"cores {thermal.get('cores_policy') or '?'} {thermal.get('pinned_cores') or ''}".rstrip() + ".")
+        for flag in thermal.get("flags") or []:
+            lines.append(f"- **{flag}**")
     machine = [f"{k}: {d[k]}" for k in ("cpu_model", "cores", "usable_cores", "platform", "load_average") if k in d]
     if machine:
         lines.append("Machine: " + "; ".join(machine) + ".")
