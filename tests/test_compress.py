@@ -28,12 +28,12 @@ def _split(n: int, g: torch.Generator) -> TensorSplit:
     return TensorSplit(x, y)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def trained_baseline(tmp_path_factory, arch: str, sizes=(320, 120, 120)):
+    """The three-band task and ``arch`` trained on it for 6 epochs, saved as a checkpoint: (data, path)."""
     g = torch.Generator().manual_seed(0)
-    data = DataBundle("synthetic", _split(320, g), _split(120, g), _split(120, g), (1, 8, 8), 3, "")
+    data = DataBundle("synthetic", *(_split(n, g) for n in sizes), (1, 8, 8), 3, "")
     torch.manual_seed(0)
-    model = create_model("tiny-cnn")
+    model = create_model(arch)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     for e in range(6):
         b = Batches(data.train, 32, shuffle=True)
@@ -42,6 +42,11 @@ def setup(tmp_path_factory):
     path = tmp_path_factory.mktemp("base") / "base.pt"
     save_checkpoint(path, model, meta={"dataset": "synthetic"})
     return data, path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return trained_baseline(tmp_path_factory, "tiny-cnn")
 
 
 def _config(**kw) -> CompressConfig:

@@ -8,14 +8,11 @@ import pytest
 import torch
 
 from edgeprune import _io
-from edgeprune.checkpoint import load_checkpoint, save_checkpoint
-from edgeprune.data import Batches, DataBundle
-from edgeprune.models import create_model
+from edgeprune.checkpoint import load_checkpoint
 from edgeprune.pipeline import StageOptions, run_compress
 from edgeprune.regularize.config import CompressConfig
 from edgeprune.threshold.neurons import group_alive, neuron_groups
-from edgeprune.train import train_epoch
-from test_compress import _split
+from test_compress import trained_baseline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,18 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def bn_setup(tmp_path_factory):
     """tiny-resnet (conv + BN, residual adds, projection shortcut) trained on the three-band task."""
-    g = torch.Generator().manual_seed(0)
-    data = DataBundle("synthetic", _split(480, g), _split(150, g), _split(150, g), (1, 8, 8), 3, "")
-    torch.manual_seed(0)
-    model = create_model("tiny-resnet")
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for e in range(6):
-        b = Batches(data.train, 32, shuffle=True)
-        b.set_epoch(e)
-        train_epoch(model, b, opt)
-    path = tmp_path_factory.mktemp("base") / "base.pt"
-    save_checkpoint(path, model, meta={"dataset": "synthetic"})
-    return data, path
+    return trained_baseline(tmp_path_factory, "tiny-resnet", sizes=(480, 150, 150))
 
 
 def _config(**kw) -> CompressConfig:

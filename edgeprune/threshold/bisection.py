@@ -34,6 +34,34 @@ def largest_admissible(candidates: torch.Tensor, admissible: Callable[[float], b
     return (float(candidates[lo]) if lo >= 0 else None), evals
 
 
+def search_masks(model: nn.Module, candidates: torch.Tensor, masks_at: Callable[[float], Masks],
+                 evaluate: Callable[[nn.Module], Any], admissible: Callable[[Any], bool],
+                 progress: Callable[[float, Any], None] | None = None) -> tuple[float | None, Any, int]:
+    """The bisection of :func:`largest_admissible` over ``candidates``, each tried by pruning the model with
+    ``masks_at(candidate)``, evaluating it and restoring it. Returns (the chosen candidate or None, its value,
+    evaluations); the model is left unchanged."""
+    params = dict(model.named_parameters())
+    backup = {n: p.detach().clone() for n, p in params.items()}
+    values: dict[float, Any] = {}
+
+    @torch.no_grad()
+    def trial(c: float) -> bool:
+        apply_masks_(model, masks_at(c))
+        try:
+            value = evaluate(model)
+        finally:
+            for n, p in params.items():
+                p.copy_(backup[n])
+        values[c] = value
+        if progress is not None:
+            progress(c, value)
+        log.debug("threshold candidate %.6g: %s", c, value)
+        return admissible(value)
+
+    chosen, evals = largest_admissible(candidates, trial)
+    return chosen, (values[chosen] if chosen is not None else None), evals
+
+
 @torch.no_grad()
 def find_threshold(model: nn.Module, masks: Masks, loss_fn: Callable[[nn.Module], Any], bound: float | None = None,
                    progress: Callable[[float, Any], None] | None = None,
@@ -53,22 +81,8 @@ def find_threshold(model: nn.Module, masks: Masks, loss_fn: Callable[[nn.Module]
     if mags.numel() == 0:
         return 0.0, masks, None, 0
     candidates = torch.unique(mags)  # sorted ascending
-    backup = {n: p.detach().clone() for n, p in params.items()}
-    values: dict[float, Any] = {}
-
-    def trial(t: float) -> bool:
-        trial_masks = threshold_masks(model, masks, t)
-        apply_masks_(model, trial_masks)
-        value = loss_fn(model)
-        for n, p in params.items():
-            p.copy_(backup[n])
-        values[t] = value
-        if progress is not None:
-            progress(t, value)
-        log.debug("threshold T=%.3g: %s", t, value)
-        return admissible(value)
-
-    t, evals = largest_admissible(candidates, trial)
+    t, value, evals = search_masks(model, candidates, lambda c: threshold_masks(model, masks, c), loss_fn,
+                                   admissible, progress)
     if t is None:
         return 0.0, masks, None, evals
-    return t, threshold_masks(model, masks, t), values[t], evals
+    return t, threshold_masks(model, masks, t), value, evals

@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .bisection import largest_admissible
-from ..masks import Masks, apply_masks_
+from ..masks import Masks
+from .bisection import search_masks
 
 log = logging.getLogger(__name__)
 
@@ -269,25 +269,10 @@ def find_neuron_threshold(model: nn.Module, masks: Masks, groups: list[NeuronGro
     candidates.sort(key=lambda c: (c[0], c[1], c[2]))
     if not candidates:
         return NeuronThreshold(masks, 0, 0.0, None, 0, {})
-    params = dict(model.named_parameters())
-    backup = {n: p.detach().clone() for n, p in params.items()}
-    values: dict[int, float] = {}
-
-    def trial(k: float) -> bool:
-        k = int(k)
-        trial_masks = neuron_masks(groups, masks, [(g, r) for _, g, r in candidates[:k]])
-        apply_masks_(model, trial_masks)
-        value = evaluate(model)
-        for n, p in params.items():
-            p.copy_(backup[n])
-        values[k] = value
-        if progress is not None:
-            progress(k, value)
-        log.debug("neuron threshold: %d neurons pruned → %.4f", k, value)
-        return admissible(value)
-
     ks = torch.arange(1, len(candidates) + 1, dtype=torch.float64)
-    k, evals = largest_admissible(ks, trial)
+    k, value, evals = search_masks(
+        model, ks, lambda c: neuron_masks(groups, masks, [(g, r) for _, g, r in candidates[:int(c)]]), evaluate,
+        admissible, progress)
     if k is None:
         return NeuronThreshold(masks, 0, 0.0, None, evals, {})
     k = int(k)
@@ -296,4 +281,4 @@ def find_neuron_threshold(model: nn.Module, masks: Masks, groups: list[NeuronGro
     for _, g, _ in chosen:
         per_group[groups[g].root] = per_group.get(groups[g].root, 0) + 1
     return NeuronThreshold(neuron_masks(groups, masks, [(g, r) for _, g, r in chosen]), k, chosen[-1][0],
-                           values[k], evals, per_group)
+                           value, evals, per_group)
