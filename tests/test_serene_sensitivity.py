@@ -16,17 +16,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
-def _model(name: str, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    m = create_model(name).double()
-    # Non-trivial BatchNorm statistics and affine parameters so BN's Jacobian is not the identity.
+def _random_bn_(m: nn.Module, var=(0.5, 2.0), gamma: float = 1.5, beta: float = 0.5) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters so BN's Jacobian is not the identity."""
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
             with torch.no_grad():
                 mod.running_mean.uniform_(-0.5, 0.5)
-                mod.running_var.uniform_(0.5, 2.0)
-                mod.weight.uniform_(-1.5, 1.5)
-                mod.bias.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(*var)
+                mod.weight.uniform_(-gamma, gamma)
+                mod.bias.uniform_(-beta, beta)
+
+
+def _model(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    m = create_model(name).double()
+    _random_bn_(m)
     return m.eval()
 
 
@@ -230,13 +234,7 @@ def _inplace_pair(kind: str, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     """(in-place model, the same weights without any in-place operation), float64, eval mode."""
     torch.manual_seed(seed)
     a = (_inplace_net(True) if kind == "sequential" else _InplaceResidual(True)).double()
-    for mod in a.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            with torch.no_grad():
-                mod.running_mean.uniform_(-0.5, 0.5)
-                mod.running_var.uniform_(0.2, 1.0)
-                mod.weight.uniform_(-2.5, 2.5)
-                mod.bias.uniform_(-1.0, 1.0)
+    _random_bn_(a, var=(0.2, 1.0), gamma=2.5, beta=1.0)
     b = (_inplace_net(False) if kind == "sequential" else _InplaceResidual(False)).double()
     b.load_state_dict(a.state_dict())
     return a.eval(), b.eval()
