@@ -247,3 +247,43 @@ def test_taylor_ranking_needs_data_and_leaves_the_model_unchanged():
     assert all(p.grad is None for p in m.parameters())
     res = find_neuron_threshold(m, full_masks(m), groups, lambda mm: 0.0, lambda v: True, "taylor", scores=scores)
     assert res.pruned == sum(g.size - 1 for g in groups)
+
+
+@pytest.mark.parametrize("arch,shape,kw", [("lenet5", (1, 28, 28), {}), ("tiny-resnet", (1, 8, 8), {})])
+def test_neuron_macs_is_what_removing_the_neuron_saves(arch, shape, kw, one_thread):
+    """Independent truth: cut exactly one neuron with surgery and count the MACs of the slim model."""
+    from edgeprune.summary import summarize
+    from edgeprune.threshold.neurons import neuron_macs
+
+    m = _model(arch, kw)
+    groups = neuron_groups(m, shape)
+    costs = neuron_macs(m, groups, shape)
+    dense = summarize(m, shape).macs
+    for gi, group in enumerate(groups):
+        trial = _model(arch, kw)
+        apply_masks_(trial, neuron_masks(groups, full_masks(trial), [(gi, 0)]))
+        saved = dense - summarize(surgery(trial, shape).model, shape).macs
+        assert float(costs[gi][0]) == pytest.approx(saved, rel=0.02), group.root
+
+
+def test_macs_cost_moves_expensive_neurons_first():
+    from edgeprune.threshold.neurons import neuron_macs
+
+    m = _model("lenet5", {})
+    groups = neuron_groups(m, (1, 28, 28))
+    flat = [torch.ones(g.size, dtype=torch.float64) for g in groups]  # equal importance everywhere
+    costs = neuron_macs(m, groups, (1, 28, 28))
+    res = find_neuron_threshold(m, full_masks(m), groups, lambda mm: 0.0, lambda v: True, scores=flat, costs=costs)
+    assert res.pruned == sum(g.size - 1 for g in groups)
+
+
+    def dead(mm):
+        zeros = {n: p.detach().ne(0) for n, p in mm.named_parameters()}
+        return float(sum(int((~group_alive(g, zeros)).sum()) for g in groups))
+
+    one = find_neuron_threshold(m, full_masks(m), groups, dead, lambda v: v <= 1, scores=flat, costs=costs)
+    dearest = max(range(len(groups)), key=lambda gi: float(costs[gi].max()))
+    assert one.pruned == 1 and list(one.per_group) == [groups[dearest].root]
+    cheapest = min(range(len(groups)), key=lambda gi: float(costs[gi].min()))
+    plain = find_neuron_threshold(m, full_masks(m), groups, dead, lambda v: v <= 1, scores=flat)
+    assert groups[dearest].root != groups[cheapest].root and plain.pruned == 1

@@ -33,6 +33,8 @@ def compress(
                                          "BN, a faster slim model), weights (SeReNe eq. 22) or both."),
     neuron_score: str = typer.Option(None, help="Neuron ranking for --prune neurons|both: taylor (default, loss-based), "
                                                 "norm or gamma."),
+    neuron_cost: str = typer.Option(None, help="Divide a neuron's score by its cost before ranking: none (default) or "
+                                               "macs (at equal loss, prune what saves most computation first)."),
     final_step: bool = typer.Option(None, "--final-step/--no-final-step",
                                     help="At the end, one more bisection under the accuracy target (default on)."),
     conv_sensitivity: str = typer.Option(None, help="Conv filter sensitivity over positions: mean (default, as the "
@@ -73,7 +75,7 @@ def compress(
                           weight_decay=weight_decay, batch_size=batch_size, target_drop=target_drop,
                           max_epochs=max_epochs, max_minutes=max_minutes, seed=seed, device=device,
                           dataset=dataset, data_dir=str(data_dir) if data_dir else None, exact_vjp=exact_vjp,
-                          prune=prune, neuron_score=neuron_score, final_step=final_step,
+                          prune=prune, neuron_score=neuron_score, neuron_cost=neuron_cost, final_step=final_step,
                           conv_sensitivity=conv_sensitivity)
         with distributed.session(cfg.device):
             summary = run_compress(model, out, cfg, options=options)

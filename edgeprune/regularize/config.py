@@ -18,7 +18,8 @@ NEURON_SCORES = ("taylor", "norm", "gamma")
 
 # Fields added after the first runs, with the value those runs used: resuming a run recorded without the field
 # continues it the way it started (a missing field in a user's --config file gets today's default instead).
-LEGACY_DEFAULTS = {"prune": "weights", "final_step": False, "conv_sensitivity": "sum"}
+LEGACY_DEFAULTS = {"prune": "weights", "final_step": False, "conv_sensitivity": "sum", "neuron_score": "norm",
+                   "neuron_cost": "none"}
 
 # Fields that may change when a run is resumed (budgets and where it runs); everything else must match.
 RESUMABLE_FIELDS = ("max_epochs", "max_minutes", "device")
@@ -65,6 +66,9 @@ class CompressConfig:
     """How neurons are ranked for neuron thresholding: "taylor" (the squared first-order change of the validation
     loss when the whole neuron goes to zero), "norm" (per-layer-normalized parameter norm) or "gamma" (BatchNorm |γ|
     per layer, the network-slimming criterion; "norm" where a neuron has no BN). See docs/serene.md."""
+    neuron_cost: str = "none"
+    """What a neuron's score is divided by before ranking: "none", or "macs" (the multiply-accumulates the neuron
+    costs per inference: at equal loss, the neurons that save most computation go first)."""
     final_step: bool = True
     """When the budget ends, or a threshold step missed the accuracy target, run one last bisection on the best
     network constrained by the accuracy target itself, so the run returns the most pruned network meeting it."""
@@ -91,6 +95,7 @@ class CompressConfig:
             (self.class_chunk >= 1, f"class chunk must be at least 1, got {self.class_chunk}"),
             (self.exact_vjp in ("vectorized", "loop"), f"--exact-vjp must be vectorized or loop, got {self.exact_vjp!r}"),
             (self.prune in PRUNE_MODES, f"--prune must be one of {', '.join(PRUNE_MODES)}, got {self.prune!r}"),
+            (self.neuron_cost in ("none", "macs"), f"--neuron-cost must be none or macs, got {self.neuron_cost!r}"),
             (self.neuron_score in NEURON_SCORES,
              f"--neuron-score must be one of {', '.join(NEURON_SCORES)}, got {self.neuron_score!r}"),
             (self.conv_sensitivity in ("mean", "sum"),

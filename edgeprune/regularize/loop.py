@@ -30,7 +30,7 @@ from .._progress import make_progress
 from ..errors import CheckpointError, ConfigError
 from ..masks import apply_masks_, count_alive, full_masks, pin_
 from ..threshold import find_threshold
-from ..threshold.neurons import find_neuron_threshold, neuron_groups, taylor_scores
+from ..threshold.neurons import find_neuron_threshold, neuron_groups, neuron_macs, taylor_scores
 from .config import CompressConfig
 from .neurons import find_neurons, neuron_alive
 from .update import Regularizer
@@ -171,6 +171,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     ng = find_neurons(model)
     groups = neuron_groups(model, tuple(data.input_shape)) if config.prune in ("neurons", "both") else []
     score_batches = Batches(data.val, 500)  # the loss-based neuron score reads the validation split
+    costs = neuron_macs(model, groups, tuple(data.input_shape)) if groups and config.neuron_cost == "macs" else None
     # Under torchrun each rank takes its slice of every global batch (config.batch_size stays the global batch).
     train_b = Batches(data.train, distributed.per_rank_batch(config.batch_size), shuffle=True, seed=config.seed,
                       augment=data.augment, rank=distributed.rank(), world_size=distributed.world_size())
@@ -234,7 +235,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     with reg_ctx as reg:
         while st.done is None:
             if st.pending_plateau:
-                _plateau(st, model, optimizer, masks, val_eval, config, row, groups, score_batches)
+                _plateau(st, model, optimizer, masks, val_eval, config, row, groups, score_batches, costs)
                 save()
                 continue
             reason = budget_left()
@@ -260,12 +261,13 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
             save()
             if on_epoch is not None:
                 on_epoch(st.epoch)
-    return _finish(st, model, masks, val_eval, config, time.time() - t_start, groups, row, score_batches)
+    return _finish(st, model, masks, val_eval, config, time.time() - t_start, groups, row, score_batches,
+                   costs)
 
 
 def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callable[[nn.Module], dict],
                    admissible: Callable[[dict], bool], prune: str, neuron_score: str = "norm",
-                   score_batches=None) -> dict:
+                   score_batches=None, costs: list | None = None) -> dict:
     """One threshold step: the most pruning for which ``admissible(evaluate(pruned network))`` holds, over whole
     coupled neurons (``prune="neurons"``), single parameters by a global magnitude T (``"weights"``, SeReNe eq. 22)
     or both, neurons first and then weights on top of them under the same criterion.
@@ -278,7 +280,8 @@ def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callab
            "metrics": None, "evaluations": 0}
     if prune in ("neurons", "both") and groups:
         scores = taylor_scores(model, groups, score_batches) if neuron_score == "taylor" else None
-        res = find_neuron_threshold(model, masks, groups, evaluate, admissible, neuron_score, scores=scores)
+        res = find_neuron_threshold(model, masks, groups, evaluate, admissible, neuron_score, scores=scores,
+                                    costs=costs)
         out.update(masks=res.masks, neurons_pruned=res.pruned, neuron_score=res.score, per_layer=res.per_group,
                    evaluations=res.evaluations, metrics=res.value)
     if prune in ("weights", "both"):
@@ -297,7 +300,8 @@ def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callab
     return out
 
 
-def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, groups, score_batches=None) -> None:
+def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, groups, score_batches=None,
+             costs=None) -> None:
     """Alg. 1 lines 6–9 at a regularization plateau: check the target, keep, threshold, pin. A step that prunes
     nothing ends the run (LOBSTER Sec. 4.2: with TWT = 0 the loop would otherwise regularize until its budget)."""
     from .. import distributed
@@ -313,7 +317,7 @@ def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, grou
     st.last_good = Snapshot(st.best.state, va, {k: v.cpu().clone() for k, v in masks.items()})
     bound = (1.0 + config.twt) * va["loss"]
     step = threshold_step(model, masks, groups, lambda m: val_eval(), lambda v: v["loss"] <= bound, config.prune,
-                          config.neuron_score, score_batches)
+                          config.neuron_score, score_batches, costs)
     t = step["threshold"]
     distributed.check_agree(t + step["neurons_pruned"], "the threshold step")
     alive_before = count_alive(masks)
@@ -337,7 +341,7 @@ def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, grou
 
 
 def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), row=None,
-            score_batches=None) -> SereneResult:
+            score_batches=None, costs=None) -> SereneResult:
     """The most pruned network that meets the target.
 
     The starting point is the last network that met it: at a budget stop the current best when it still meets the
@@ -365,7 +369,7 @@ def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), r
         final_masks = {k: v.to(device).clone() for k, v in chosen.masks.items()}
         met = True
         if config.final_step:
-            final = _final_step(st, model, final_masks, val_eval, config, groups, row, score_batches)
+            final = _final_step(st, model, final_masks, val_eval, config, groups, row, score_batches, costs)
             met = final["met"]
     model.eval()
     result = SereneResult(model, final_masks, met, st.done, st.epoch, list(st.thresholds),
@@ -374,7 +378,8 @@ def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), r
     return result
 
 
-def _final_step(st: LoopState, model, masks, val_eval, config, groups, row, score_batches=None) -> dict:
+def _final_step(st: LoopState, model, masks, val_eval, config, groups, row, score_batches=None,
+                costs=None) -> dict:
     """A last threshold step under the accuracy target (see :func:`_finish`); ``masks`` is updated in place."""
     target = st.target
     alive_before = count_alive(masks)
@@ -386,7 +391,7 @@ def _final_step(st: LoopState, model, masks, val_eval, config, groups, row, scor
         return {**val_eval(), "connected": all(bool(layer.weight.detach().ne(0).any()) for layer in layers)}
 
     step = threshold_step(model, masks, groups, evaluate, lambda v: v["connected"] and v["accuracy"] >= target,
-                          config.prune, config.neuron_score, score_batches)
+                          config.prune, config.neuron_score, score_batches, costs)
     for k in masks:
         masks[k].copy_(step["masks"][k])
     pin_(model, masks)

@@ -47,6 +47,9 @@ class NeuronGroup:
     producer), "bn" or "depthwise"."""
     params: list[tuple[str, int, torch.Tensor, torch.Tensor]]
     """(parameter name, dim, root indices, indices along dim): every parameter slice a neuron owns."""
+    consumers: list[tuple[str, torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=list)
+    """(conv / linear name, root indices, its input indices): the layers that read the neuron (a conv channel
+    read through a flatten is several Linear inputs)."""
 
 
 def _out_dim(module: nn.Module) -> int:
@@ -89,7 +92,7 @@ def neuron_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[Neuron
         if root_mod not in names:
             continue
         size = len(items[0].idxs)
-        members, params, consumers = [], [], 0
+        members, params, consumers = [], [], []
         seen: set[tuple[str, str]] = set()
         for it in items:
             node = it.dep.target
@@ -99,7 +102,8 @@ def neuron_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[Neuron
             name = names[mod]
             handler = it.dep.handler.__name__
             if node.type in (t.CONV, t.LINEAR) and handler == "prune_in_channels":
-                consumers += 1
+                consumers.append((name, torch.as_tensor([int(r) for r in it.root_idxs], dtype=torch.long),
+                                  torch.as_tensor([int(i) for i in it.idxs], dtype=torch.long)))
                 continue
             if node.type in (t.CONV, t.LINEAR):
                 kind = "layer"
@@ -123,9 +127,9 @@ def neuron_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[Neuron
                                                                          getattr(mod, "num_features", p.shape[dim]))):
                     continue
                 params.append((f"{name}.{pname}" if name else pname, dim, ridx, midx))
-        if consumers == 0 or not any(k in ("layer", "depthwise") for _, k, _, _ in members):
+        if not consumers or not any(k in ("layer", "depthwise") for _, k, _, _ in members):
             continue
-        groups.append(NeuronGroup(names[root_mod], size, members, params))
+        groups.append(NeuronGroup(names[root_mod], size, members, params, consumers))
     return groups
 
 
@@ -205,6 +209,31 @@ def taylor_scores(model: nn.Module, groups: list[NeuronGroup], batches,
     return [a / max(n, 1) for a in acc]
 
 
+def neuron_macs(model: nn.Module, groups: list[NeuronGroup], input_shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """Per group, per neuron: the multiply-accumulates it costs in one inference — its share of every member layer
+    that computes it (MACs ÷ output channels) and of every layer that reads it (MACs ÷ input channels or
+    features). What removing the neuron saves, to first order; the cost of ``--neuron-cost macs``."""
+    from ..summary import summarize
+
+    macs = {r.name: r.macs for r in summarize(model, tuple(input_shape)).layers}
+    modules = dict(model.named_modules())
+    out = []
+    for group in groups:
+        cost = torch.zeros(group.size, dtype=torch.float64)
+        for name, kind, ridx, _ in group.members:
+            if kind in ("layer", "depthwise") and name in macs:
+                mod = modules[name]
+                units = getattr(mod, "out_channels", getattr(mod, "out_features", 1))
+                cost.index_add_(0, ridx, torch.full((len(ridx),), macs[name] / units, dtype=torch.float64))
+        for name, ridx, _ in group.consumers:
+            if name in macs:
+                mod = modules[name]
+                units = getattr(mod, "in_channels", getattr(mod, "in_features", 1))
+                cost.index_add_(0, ridx, torch.full((len(ridx),), macs[name] / units, dtype=torch.float64))
+        out.append(cost)
+    return out
+
+
 def _normalized(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     ref = values[alive].mean() if alive.any() else values.new_tensor(0.0)
     return values / ref if float(ref) > 0 else torch.zeros_like(values)
@@ -248,10 +277,12 @@ def find_neuron_threshold(model: nn.Module, masks: Masks, groups: list[NeuronGro
                           evaluate: Callable[[nn.Module], float], admissible: Callable[[float], bool],
                           score: str = "norm",
                           progress: Callable[[int, float], None] | None = None,
-                          scores: list[torch.Tensor] | None = None) -> NeuronThreshold:
+                          scores: list[torch.Tensor] | None = None,
+                          costs: list[torch.Tensor] | None = None) -> NeuronThreshold:
     """Prune the largest set of lowest-scored alive neurons for which ``admissible(evaluate(pruned model))`` holds.
 
-    ``scores`` (one tensor per group, e.g. from :func:`taylor_scores`) replaces the parameter-based ``score``.
+    ``scores`` (one tensor per group, e.g. from :func:`taylor_scores`) replaces the parameter-based ``score``;
+    ``costs`` (e.g. :func:`neuron_macs`) divide it, so at equal importance the neurons that save most go first.
     Every group keeps at least one alive neuron (its highest-scored one is never a candidate). The model is left
     unchanged; apply the returned masks to prune.
     """
@@ -263,6 +294,8 @@ def find_neuron_threshold(model: nn.Module, masks: Masks, groups: list[NeuronGro
         if int(alive.sum()) <= 1:
             continue
         s = scores[gi].clone() if scores is not None else neuron_scores(model, group, alive, score)
+        if costs is not None:
+            s = s / costs[gi].clamp_min(1.0)
         s[~alive] = 0
         order = [int(r) for r in torch.argsort(s, stable=True) if bool(alive[r])]
         candidates += [(float(s[r]), gi, r) for r in order[:-1]]  # the best neuron of each group stays
