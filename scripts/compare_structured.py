@@ -131,6 +131,8 @@ class Settings:
     """Target MACs as a fraction of the dense model's; None: the MACs of (a)'s slim model."""
     macs_tolerance: float = 0.03
     round_channels: int | None = None
+    neuron_cost: str = "none"
+    """--neuron-cost of the SeReNe / ℓ2 neuron methods (a, d): none or macs."""
     """Widths rounded up to multiples of this: surgery keeps a few dead channels (exact), TP prunes with round_to."""
     # latency
     bench_runs: int = 1000
@@ -248,6 +250,8 @@ def serene_config(s: Settings, m: Method) -> tuple[CompressConfig, str | None]:
     note = None
     if has_prune_field():
         kw["prune"] = m.prune
+        if m.prune != "weights":
+            kw["neuron_cost"] = s.neuron_cost
     elif m.prune == "weights":
         note = "CompressConfig has no prune field yet: ran the library's only thresholding (weights)"
     else:
@@ -520,7 +524,8 @@ def _budget_text(report: dict) -> str:
         + ", ".join(f"{k} {v:.0f}" for k, v in b["seconds"].items()) + ").",
         f"SeReNe / ℓ2 (edgeprune compress): λ {st['lam']:g}, TWT {st['twt']:g}, PWE {st['pwe']}, "
         f"η {st['lr']:g}, momentum {st['momentum']:g}, batch {st['batch_size']}, target drop "
-        f"{100 * st['target_drop']:g} pt (validation), ℓ2 weight decay {st['l2_weight_decay']:g}; slim widths "
+        f"{100 * st['target_drop']:g} pt (validation), ℓ2 weight decay {st['l2_weight_decay']:g}; neurons ranked by "
+        f"the loss-based score" + (" ÷ MACs" if st.get("neuron_cost") == "macs" else "") + "; slim widths "
         + (f"rounded up to multiples of {st['round_channels']}." if st.get("round_channels")
            else "exact (no rounding)."),
     ]
@@ -584,6 +589,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     ap.add_argument("--round-channels", type=int, default=None,
                     help="round slim widths up to multiples of N (surgery) / prune in multiples of N (TP round_to); "
                          "odd widths can make ONNX Runtime slower than the dense model")
+    ap.add_argument("--neuron-cost", default=d.neuron_cost, choices=("none", "macs"),
+                    help="rank neurons by loss change ÷ MACs for methods a and d (edgeprune's --neuron-cost)")
     ap.add_argument("--bench-runs", type=int, default=d.bench_runs)
     args = ap.parse_args(argv)
     s = Settings(arch=args.arch, width=args.width, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
@@ -592,7 +599,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
                  lam=args.lam, twt=args.twt, pwe=args.pwe, lr=args.lr, target_drop=args.target_drop,
                  l2_weight_decay=args.l2_weight_decay, tp_reg=args.tp_reg, tp_sparse_epochs=args.tp_sparse_epochs,
                  tp_lr=args.tp_lr, tp_target_ratio=args.tp_target_ratio, macs_tolerance=args.macs_tolerance,
-                 round_channels=args.round_channels, bench_runs=args.bench_runs)
+                 round_channels=args.round_channels, neuron_cost=args.neuron_cost, bench_runs=args.bench_runs)
     if s.epochs < 1 or s.baseline_epochs < 1:
         raise SystemExit("--epochs and --baseline-epochs must be at least 1")
     s.tp_split()
