@@ -153,9 +153,12 @@ def test_schedule_interleaves_models_round_by_round():
     assert schedule(3, 1) == [(0, 0), (0, 1), (0, 2)]
 
 
-def test_ort_c_runner_bundle_through_the_harness(device, onnx_models, native_ort_c_bundle):
-    """The C runner's interface (nested files, its command, its parser) works through the same protocol."""
+def test_ort_c_runner_bundle_through_the_harness(make_device, onnx_models, native_ort_c_bundle):
+    """The C runner's interface (nested files, its command, its parser) works through the same protocol (the
+    loopback phone presents itself as the x86_64 device the native bundle is built for)."""
     bundle = native_ort_c_bundle
+    device = make_device(props={"ro.product.cpu.abi": "x86_64", "ro.product.cpu.abilist": "x86_64,arm64-v8a",
+                                "ro.product.cpu.abilist64": "x86_64,arm64-v8a"}, machine="x86_64")
     result = run_benchmark([onnx_models["slim"]], device.serial, runner=f"ort-c:{bundle}", runs=100, warmup=2,
                            cooldown_seconds=1, keep=True, progress=False)
     res = result["results"][0]

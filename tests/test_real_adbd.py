@@ -285,15 +285,9 @@ def test_ort_c_bundle_through_real_adbd(tmp_path, private_home, onnx_models):
         bundle = build_bundle("x86_64", cache)
     except RunnerBuildError as exc:
         pytest.fail(f"the x86_64 runner bundle could not be built from the registries: {exc}")
-    from android_bench.runners.ort_c import OrtCRunner
-
-    class OrtCx86_64(OrtCRunner):
-        abi = "x86_64"  # the registry's ort-c is the arm64 phone build; this bundle is the x86_64 one
-
-    register_runner("test-ort-c-x86_64", lambda arg: OrtCx86_64(arg))
     sandbox = Sandbox(tmp_path / "emulator", props=X86_64_EMULATOR, machine="x86_64")
     with RealAdbd(sandbox, tmp_path / "adbd") as adbd, adbd.in_netns():
-        result = run_benchmark([onnx_models["slim"]], adbd.serial, runner=f"test-ort-c-x86_64:{bundle}",
+        result = run_benchmark([onnx_models["slim"]], adbd.serial, runner=f"ort-c:{bundle}",
                                baseline=onnx_models["dense"], runs=40, warmup=2, cooldown_seconds=1, progress=False)
     assert result["device"]["model"] == "sdk_gphone64_x86_64" and result["runner"] == "ort-c"
     assert result["device"]["machine"] == "x86_64"

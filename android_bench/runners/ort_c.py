@@ -155,6 +155,21 @@ def parse_report(output: str) -> RunnerReport:
     return report
 
 
+BUNDLE_ABIS = {"arm64": "arm64-v8a", "x86_64": "x86_64"}
+"""Bundle arch (BUNDLE.json) → the Android ABI it runs on."""
+
+
+def bundle_abi(path: pathlib.Path) -> str:
+    """The Android ABI a bundle folder was built for, from its BUNDLE.json (arm64-v8a when it does not say)."""
+    import json
+
+    try:
+        arch = json.loads((path / "BUNDLE.json").read_text()).get("arch", "arm64")
+    except (OSError, ValueError):
+        return "arm64-v8a"
+    return BUNDLE_ABIS.get(arch, arch)
+
+
 class OrtCRunner(Runner):
     """The C runner bundle, pushed to ``<workdir>/ort_c/`` and started with ``sh ort_c/run.sh``."""
 
@@ -172,6 +187,7 @@ class OrtCRunner(Runner):
                     "build one with scripts/build_runner.py, or use plain 'ort-c')"
                 )
             self._bundle = path
+            self.abi = bundle_abi(path)
 
     @property
     def bundle(self) -> pathlib.Path:
