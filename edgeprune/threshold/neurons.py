@@ -56,6 +56,12 @@ def _out_dim(module: nn.Module) -> int:
     return 1 if getattr(module, "transposed", False) else 0
 
 
+def _indices(item) -> tuple[torch.Tensor, torch.Tensor]:
+    """A torch-pruning group item's (root indices, indices in its own layer), aligned."""
+    return (torch.as_tensor([int(r) for r in item.root_idxs], dtype=torch.long),
+            torch.as_tensor([int(i) for i in item.idxs], dtype=torch.long))
+
+
 def neuron_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[NeuronGroup]:
     """The prunable neurons of ``model``, grouped as torch-pruning couples them.
 
@@ -101,9 +107,9 @@ def neuron_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[Neuron
                 continue
             name = names[mod]
             handler = it.dep.handler.__name__
+            ridx, midx = _indices(it)
             if node.type in (t.CONV, t.LINEAR) and handler == "prune_in_channels":
-                consumers.append((name, torch.as_tensor([int(r) for r in it.root_idxs], dtype=torch.long),
-                                  torch.as_tensor([int(i) for i in it.idxs], dtype=torch.long)))
+                consumers.append((name, ridx, midx))
                 continue
             if node.type in (t.CONV, t.LINEAR):
                 kind = "layer"
@@ -116,8 +122,6 @@ def neuron_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[Neuron
             if (name, kind) in seen:
                 continue
             seen.add((name, kind))
-            ridx = torch.as_tensor([int(r) for r in it.root_idxs], dtype=torch.long)
-            midx = torch.as_tensor([int(i) for i in it.idxs], dtype=torch.long)
             members.append((name, kind, ridx, midx))
             for pname, p in mod.named_parameters(recurse=False):
                 if p.dim() == 0:
