@@ -37,3 +37,7 @@ class ExportError(EdgepruneError):
 
 class BenchError(EdgepruneError):
     """A benchmark cannot run or its input is invalid."""
+
+
+class QuantizationGateError(EdgepruneError):
+    """An INT8 model lost more test accuracy than allowed; the float model stays the artifact."""

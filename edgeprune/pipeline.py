@@ -14,6 +14,7 @@ Run folder::
     compress.json   baseline vs pruned: params, neurons per layer, MACs, top-1 error, compression ratio
     model.pt        the slim model: dead neurons and filters physically removed (surgery), verified against masked.pt
     baseline.*, model.*   exports (.onnx, .7z, .ptl, .ort), each validated against its PyTorch model
+    model.int8.*    with --quantize int8: the INT8 slim model (.onnx, .ort, .7z) and its record (.json: gate verdict)
     report.json, report.md, plots/   the paper-style report
 """
 
@@ -58,8 +59,14 @@ class StageOptions:
     export_formats: tuple[str, ...] = EXPORT_FORMATS
     """Artifacts written for baseline and slim model; empty: no export."""
     report: bool = True
+    quantize: dict | None = None
+    """A :class:`~edgeprune.export.quantize.QuantizeConfig` as a dict: also ship ``model.int8.*`` (None: float only)."""
 
     def __post_init__(self) -> None:
+        if self.quantize is not None:
+            from .export.quantize import QuantizeConfig
+
+            self.quantize = QuantizeConfig(**self.quantize).to_dict()  # validated now, not after hours of training
         self.export_formats = tuple(self.export_formats)
         unknown = [f for f in self.export_formats if f not in EXPORT_FORMATS]
         if unknown:
@@ -295,6 +302,24 @@ def stage_export(ctx: RunContext) -> None:
         ctx.files.update({f"{stem}.{fmt}": Path(a["path"]) for fmt, a in e["artifacts"].items()})
 
 
+def stage_quantize(ctx: RunContext) -> None:
+    """INT8 of the slim model (``model.int8.*``), gated on the test split; the verdict goes into compress.json."""
+    from . import distributed
+    from .export.quantize import QuantizeConfig, export_int8
+
+    if ctx.options.quantize is None or not distributed.is_main():
+        return
+    config = QuantizeConfig(**ctx.options.quantize)
+    record = export_int8(ctx.slim, ctx.run_dir, "model", tuple(ctx.data.input_shape), ctx.data, config,
+                         ort="ort" in ctx.options.export_formats)
+    ctx.summary["int8"] = {k: record[k] for k in ("float", "int8", "drop_pt", "max_drop_pt", "passed", "shipped",
+                                                  "agreement") if k in record}
+    ctx.summary["int8"].update({k: v for k, v in record.items() if k.endswith("_bytes")})
+    _io.write_json(ctx.run_dir / SUMMARY, ctx.summary)
+    for key, name in (record.get("artifacts") or {}).items():
+        ctx.files[f"model.int8.{key}"] = ctx.run_dir / name
+
+
 def stage_report(ctx: RunContext) -> None:
     """report.json, report.md and plots/ from the run folder (what `edgeprune report RUN` regenerates)."""
     from . import distributed
@@ -313,6 +338,7 @@ STAGES: list[tuple[str, Callable[[RunContext], None]]] = [
     ("compress", stage_compress),
     ("surgery", stage_surgery),
     ("export", stage_export),
+    ("quantize", stage_quantize),
     ("report", stage_report),
 ]
 

@@ -11,7 +11,7 @@ from .protocol import (
 )
 from .report import markdown_section, plot_latency, render_table, update_report_md, write_outputs
 from .runtimes import RUNTIMES, ModelSource, export_onnx_for_bench, make_runner
-from .sources import resolve_run_folder
+from .sources import int8_source, resolve_run_folder
 from .stats import speedup, summarize_samples
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "bench_models",
     "block_schedule",
     "export_onnx_for_bench",
+    "int8_source",
     "make_runner",
     "markdown_section",
     "plot_latency",

@@ -1,4 +1,5 @@
-"""Which files to benchmark: a run folder's slim ``model.*`` against its dense ``baseline.*``, per runtime."""
+"""Which files to benchmark: a run folder's slim ``model.*`` (and its INT8 ``model.int8.*`` when shipped) against
+its dense ``baseline.*``, per runtime."""
 
 from __future__ import annotations
 
@@ -38,3 +39,16 @@ def resolve_run_folder(folder: str | Path, runtime: str) -> tuple[ModelSource, M
     dense = _pick(folder, "baseline", runtime)
     return (ModelSource(slim, label=f"slim ({slim.name})", role="model"),
             ModelSource(dense, label=f"dense ({dense.name})", role="baseline") if dense else None)
+
+
+def int8_source(folder: str | Path, runtime: str) -> ModelSource | None:
+    """The run folder's INT8 slim model (``model.int8.onnx``, else ``.ort``) for ONNX Runtime; None when the run
+    holds none (no ``--quantize int8``, or a model that missed the accuracy gate) or the runtime cannot run it."""
+    if runtime != "onnxruntime":
+        return None
+    folder = Path(folder)
+    for suffix in (".onnx", ".ort"):
+        p = folder / f"model.int8{suffix}"
+        if p.is_file():
+            return ModelSource(p, label=f"slim INT8 ({p.name})", role="model")
+    return None

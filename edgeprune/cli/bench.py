@@ -70,19 +70,22 @@ class BenchConfig:
 
 def _sources(cfg: BenchConfig):
     """(sources in A/B order — dense first —, run folder or None)."""
-    from ..bench import ModelSource, resolve_run_folder
+    from ..bench import ModelSource, int8_source, resolve_run_folder
 
     model = Path(cfg.model)
     run_dir = model if model.is_dir() else None
+    int8 = None
     if run_dir is not None:
         slim, dense = resolve_run_folder(run_dir, cfg.runtime)
+        int8 = int8_source(run_dir, cfg.runtime)  # dense float, slim float and slim INT8 in one alternating run
     else:
         slim, dense = ModelSource(model, label=model.name), None
     if cfg.baseline:
         b = Path(cfg.baseline)
         label = b.name if b.name != slim.label else f"{b.parent.name}/{b.name}"
         dense = ModelSource(b, label=label, role="baseline")
-    return ([dense, slim] if dense is not None else [slim]), run_dir
+    models = [slim] + ([int8] if int8 is not None else [])
+    return ([dense] + models if dense is not None else models), run_dir
 
 
 def _print_wide(table) -> None:
@@ -189,13 +192,14 @@ def _bench_adb(cfg: BenchConfig, sources, run_dir: Path | None):
     else:
         partial = Path("bench-adb.raw.json")
     with tempfile.TemporaryDirectory(prefix="edgeprune-adb-") as tmp:
-        files = {s.role: _phone_file(s, Path(tmp), cfg.batch_size) for s in sources}
+        baseline = next((_phone_file(s, Path(tmp), cfg.batch_size) for s in sources if s.role == "baseline"), None)
+        models = [_phone_file(s, Path(tmp), cfg.batch_size) for s in sources if s.role != "baseline"]
         shape = (cfg.batch_size, *cfg.input_shape) if cfg.input_shape else None
         try:
             record = android_bench.run_benchmark(
-                [files["model"]], cfg.serial, runner=cfg.runner, runs=cfg.runs, warmup=cfg.warmup,
+                models, cfg.serial, runner=cfg.runner, runs=cfg.runs, warmup=cfg.warmup,
                 threads=cfg.threads, cores=cfg.cores, cooldown_seconds=cfg.cooldown_seconds, keep=cfg.keep,
-                partial_path=partial, progress=progress_enabled(), baseline=files.get("baseline"), input_shape=shape,
+                partial_path=partial, progress=progress_enabled(), baseline=baseline, input_shape=shape,
                 auth_timeout_s=cfg.auth_timeout,
             )
         except AndroidBenchError as exc:

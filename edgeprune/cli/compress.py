@@ -48,6 +48,13 @@ def compress(
     out: Path = typer.Option(None, help="Run folder to write."),
     resume: Path = typer.Option(None, help="Continue the interrupted run in this folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quantize: str = typer.Option("none", help="int8: also ship the slim model as INT8 (model.int8.onnx/.ort/.7z), "
+                                              "gated on the test split (see `edgeprune export --help`)."),
+    quant_mode: str = typer.Option("static", help="INT8: static (QDQ, calibrated) or dynamic (Linear layers)."),
+    calibration: str = typer.Option("minmax", help="INT8 static: minmax, entropy or percentile."),
+    calibration_samples: int = typer.Option(256, help="INT8 static: training images used for calibration."),
+    max_int8_drop: float = typer.Option(0.5, help="INT8 gate: largest allowed test top-1 error increase (pt)."),
+    keep_int8: bool = typer.Option(False, help="Ship the INT8 model even when it misses --max-int8-drop."),
 ) -> None:
     """Regularize with neuron sensitivity and threshold until the validation accuracy target (SeReNe Alg. 1)."""
     from .. import distributed
@@ -56,7 +63,9 @@ def compress(
     from ..regularize.config import make_config
 
     names = tuple(f.strip() for f in formats.split(",") if f.strip() and f.strip() != "none")
-    options = StageOptions(surgery=not no_surgery, round_channels=round_channels, export_formats=names)
+    options = StageOptions(surgery=not no_surgery, round_channels=round_channels, export_formats=names,
+                           quantize=_quantize_options(quantize, quant_mode, calibration, calibration_samples,
+                                                      max_int8_drop, keep_int8))
 
     if resume is not None:
         if out is not None and Path(out) != Path(resume):
@@ -87,6 +96,7 @@ def compress(
         import json
 
         echo(json.dumps(summary, indent=2, default=str))
+        _int8_verdict(summary)
         return
     from rich.table import Table
 
@@ -110,3 +120,29 @@ def compress(
     written = [n for n in ("masked.pt", "model.pt", "model.onnx", "model.ptl", "model.ort", "report.md")
                if (Path(run_dir) / n).exists()]
     echo(f"wrote {run_dir}: {', '.join(written)}")
+    _int8_verdict(summary)
+
+
+def _quantize_options(quantize, mode, calibration, samples, max_drop, keep) -> dict | None:
+    from ..export.quantize import QuantizeConfig, parse_quantize
+
+    if not parse_quantize(quantize):
+        return None
+    return QuantizeConfig(mode=mode, calibration=calibration, calibration_samples=samples, max_drop=max_drop,
+                          keep_failed=keep).to_dict()
+
+
+def _int8_verdict(summary: dict) -> None:
+    """Say how the INT8 model did; a missed gate exits 1 (the float model.* stays the artifact)."""
+    from ..errors import QuantizationGateError
+
+    q = summary.get("int8")
+    if not q:
+        return
+    echo(f"INT8 gate: test top-1 error {100 * q['int8']['top1_error']:.2f}% vs float "
+         f"{100 * q['float']['top1_error']:.2f}% ({q['drop_pt']:+.2f} pt, limit {q['max_drop_pt']:g} pt): "
+         f"{'passed' if q['passed'] else 'MISSED'}" + (", model.int8.* shipped" if q["shipped"] else ""))
+    if not q["shipped"]:
+        from ..export.quantize import gate_message
+
+        raise QuantizationGateError(gate_message({**q, "stem": "model"}))

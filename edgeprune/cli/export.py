@@ -23,6 +23,8 @@ class ExportConfig:
     slim: bool = True
     opset: int = 18
     real_samples: int = 16
+    quantize: str = "none"
+    """``int8``: also write ``<stem>.int8.{onnx,ort,7z}`` (see :mod:`edgeprune.export.quantize`)."""
 
     def __post_init__(self):
         from ..errors import ConfigError
@@ -41,6 +43,9 @@ class ExportConfig:
             raise ConfigError(f"--name must be a plain file stem like 'model', got {self.stem!r}")
         if not isinstance(self.real_samples, int) or self.real_samples < 0:
             raise ConfigError(f"--real-samples must be a non-negative integer, got {self.real_samples!r}")
+        from ..export.quantize import parse_quantize
+
+        self.quantize = "int8" if parse_quantize(self.quantize) else "none"
 
 
 def _real_batch(meta: dict, n: int):
@@ -78,6 +83,16 @@ def export(
     real_samples: int = typer.Option(16, help="Also validate on this many test samples of the checkpoint's dataset."),
     arch: str = typer.Option(None, help="Architecture for a plain state_dict file."),
     trust_pickle: bool = typer.Option(False, help="Allow loading a pickled full model (can run arbitrary code)."),
+    quantize: str = typer.Option("none", help="int8: also write an INT8 model (<name>.int8.onnx/.ort/.7z), "
+                                              "calibrated on the checkpoint's dataset and gated on its test split."),
+    quant_mode: str = typer.Option("static", help="INT8: static (QDQ, per-channel weights, calibrated activations) "
+                                                  "or dynamic (Linear layers only, no calibration)."),
+    calibration: str = typer.Option("minmax", help="INT8 static: activation ranges by minmax, entropy or percentile."),
+    calibration_samples: int = typer.Option(256, help="INT8 static: training images used for calibration."),
+    max_int8_drop: float = typer.Option(0.5, help="INT8 gate: largest allowed test top-1 error increase over the "
+                                                  "float model, in percentage points."),
+    keep_int8: bool = typer.Option(False, help="Ship the INT8 model even when it misses --max-int8-drop."),
+    dataset: str = typer.Option(None, help="INT8: dataset for calibration and the gate (default: the checkpoint's)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Export to ONNX (+ LZMA .7z), TorchScript lite and ORT format; validate every artifact against PyTorch."""
@@ -86,7 +101,14 @@ def export(
     from .info import load_model_arg
 
     config = ExportConfig(formats=format, out=str(out), stem=name, input_shape=input_shape,
-                          dynamic_batch=dynamic_batch, slim=slim, opset=opset, real_samples=real_samples)
+                          dynamic_batch=dynamic_batch, slim=slim, opset=opset, real_samples=real_samples,
+                          quantize=quantize)
+    qconfig = None
+    if config.quantize == "int8":
+        from ..export.quantize import QuantizeConfig
+
+        qconfig = QuantizeConfig(mode=quant_mode, calibration=calibration, calibration_samples=calibration_samples,
+                                 max_drop=max_int8_drop, keep_failed=keep_int8)
     net, shape, meta = load_model_arg(model, arch, trust_pickle)
     shape = config.input_shape or shape
     if shape is None:
@@ -95,8 +117,11 @@ def export(
     result = export_all(net, config.out, stem, shape, formats=config.formats,
                         real_batch=_real_batch(meta, config.real_samples), opset=config.opset,
                         dynamic_batch=config.dynamic_batch, slim=config.slim)
+    if qconfig is not None:
+        result["int8"] = _export_int8(net, config, stem, shape, meta, qconfig, dataset)
     if as_json:
         echo(json.dumps(result, indent=2))
+        _int8_verdict(result.get("int8"))
         return
     from rich.table import Table
 
@@ -108,6 +133,46 @@ def export(
                  "ptl": f"optimize_for_mobile {a.get('optimize_for_mobile')}", "ort": "ORT format, arm"}.get(key, "")
         diff = f"{a['max_abs_diff']:.2g}" if "max_abs_diff" in a else ""
         t.add_row(Path(a["path"]).name, f"{a['bytes']:,}", diff, notes)
+    q = result.get("int8")
+    if q is not None:
+        for key in ("onnx", "ort", "7z"):
+            if key in (q.get("artifacts") or {}):
+                a = q["agreement"] if key == "onnx" else q.get("ort", {}).get("agreement_with_onnx", {})
+                diff = f"{a['max_abs_diff']:.2g}" if key != "7z" else ""
+                notes = {"onnx": f"INT8 {q['quantization']['format']}, top-1 agreement {a.get('top1_agreement', 0):.1%}",
+                         "ort": "INT8, ORT format, arm", "7z": "LZMA of the INT8 .onnx"}[key]
+                t.add_row(q["artifacts"][key], f"{q[f'{key}_bytes' if key != '7z' else 'onnx_7z_bytes']:,}", diff,
+                          notes)
     print_table(t)
     echo(f"params {result['params_total']:,} (nonzero {result['params_nonzero']:,}), MACs {result['macs']:,}"
          if result.get("macs") is not None else f"params {result['params_total']:,}")
+    if q is not None:
+        echo(f"INT8 gate: test top-1 error {100 * q['int8']['top1_error']:.2f}% vs float "
+             f"{100 * q['float']['top1_error']:.2f}% ({q['drop_pt']:+.2f} pt, limit {q['max_drop_pt']:g} pt) on "
+             f"{q['test_samples']:,} {q['dataset']} test images: {'passed' if q['passed'] else 'MISSED'}"
+             + ("" if q["passed"] or not q["shipped"] else " (shipped anyway: --keep-int8)"))
+    _int8_verdict(q)
+
+
+def _export_int8(net, config: ExportConfig, stem: str, shape, meta: dict, qconfig, dataset: str | None) -> dict:
+    """Quantize the exported model; the dataset (calibration and gate) is the checkpoint's unless --dataset says."""
+    from ..errors import ConfigError
+    from ..export.quantize import export_int8
+
+    name = dataset or meta.get("dataset")
+    if not name:
+        raise ConfigError("--quantize int8 needs the model's dataset (calibration images and the test split of the "
+                          "accuracy gate); the checkpoint records none: pass --dataset NAME")
+    from ..data import load_dataset
+
+    return export_int8(net, config.out, stem, shape, load_dataset(name), qconfig, ort="ort" in config.formats,
+                       opset=config.opset)
+
+
+def _int8_verdict(record: dict | None) -> None:
+    """A missed gate is an error (exit 1) unless the user asked to ship the INT8 model anyway."""
+    from ..errors import QuantizationGateError
+    from ..export.quantize import gate_message
+
+    if record is not None and not record["passed"] and not record["shipped"]:
+        raise QuantizationGateError(gate_message(record))

@@ -193,7 +193,34 @@ def build_report(run_dir: str | Path) -> dict:
     metrics = _io.read_jsonl(run / "metrics.jsonl")
     if metrics:
         report["metrics"] = {"rows": len(metrics), "last": metrics[-1]}
+    int8 = _int8(run, pruned)
+    if int8:
+        report["int8"] = int8
     bench = _bench(run)
     if bench:
         report["bench"] = bench
     return report
+
+
+def _int8(run: Path, pruned: dict) -> dict | None:
+    """The INT8 slim model's row (from ``model.int8.json``, written by ``--quantize int8``): same parameters and
+    MACs as the slim float model, its own sizes and test error, the gate verdict and agreement with float."""
+    path = run / "model.int8.json"
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        log.warning("skipping unreadable INT8 record %s", path)
+        return None
+    shipped = bool(rec.get("shipped")) and (run / "model.int8.onnx").is_file()
+    row = {"params_total": pruned.get("params_total"), "macs": pruned.get("macs"),
+           "top1_error": (rec.get("int8") or {}).get("top1_error"),
+           "float_top1_error": (rec.get("float") or {}).get("top1_error"), "drop_pt": rec.get("drop_pt"),
+           "max_drop_pt": rec.get("max_drop_pt"), "passed": rec.get("passed"), "shipped": shipped,
+           "quantization": rec.get("quantization"), "agreement": rec.get("agreement")}
+    if shipped:
+        row.update({k: (run / f"model.int8{suffix}").stat().st_size
+                    for k, suffix in (("onnx_bytes", ".onnx"), ("onnx_7z_bytes", ".7z"), ("ort_bytes", ".ort"))
+                    if (run / f"model.int8{suffix}").is_file()})
+    return row

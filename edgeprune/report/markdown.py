@@ -112,6 +112,8 @@ def render_markdown(report: dict, plots: list[str] | None = None) -> str:
         p = report["pruned"]
         lines += ["", f"The masked network (same shape as the baseline, pruned parameters zero) stores as "
                       f"{_kb(p['masked_onnx_bytes'])} → {_kb(p['masked_onnx_7z_bytes'])} kB."]
+    if report.get("int8"):
+        lines += ["", "## INT8", "", _int8_section(report)]
     mism = report["baseline"].get("mismatches", []) + report["pruned"].get("mismatches", [])
     if mism:
         lines += ["", "**Artifact mismatches:** " + "; ".join(mism)]
@@ -122,3 +124,27 @@ def render_markdown(report: dict, plots: list[str] | None = None) -> str:
 
 def _stem(p: str) -> str:
     return p.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def _int8_section(report: dict) -> str:
+    """Dense float, slim float and slim INT8 side by side: params, MACs, stored sizes, test error."""
+    q, base, pruned = report["int8"], report["baseline"], report["pruned"]
+    head = ["Model", "Params", "MACs", ".onnx [kB]", ".7z [kB]", ".ort [kB]", "Top-1 error (%)"]
+    rows = []
+    for title, m, err in (("Dense float", base, base.get("top1_error")),
+                          ("Slim float", pruned, q.get("float_top1_error", pruned.get("top1_error"))),
+                          ("Slim INT8" + ("" if q.get("shipped") else " (not shipped)"), q, q.get("top1_error"))):
+        rows.append([title, f"{m['params_total']:,}" if m.get("params_total") is not None else "–",
+                     f"{m['macs']:,}" if m.get("macs") is not None else "–", _kb(m.get("onnx_bytes")),
+                     _kb(m.get("onnx_7z_bytes")), _kb(m.get("ort_bytes")), _err(err)])
+    quant = q.get("quantization") or {}
+    agree = q.get("agreement") or {}
+    verdict = "passed" if q.get("passed") else "MISSED" + (" (shipped anyway)" if q.get("shipped") else "")
+    note = (f"INT8: {quant.get('format', '?')}, weights {quant.get('weights', '?')}, activations "
+            f"{quant.get('activations', '?')}"
+            + (f", calibration {quant['calibration']} on {quant.get('calibration_samples')} training images"
+               if quant.get("calibration") else "")
+            + f". Accuracy gate (test top-1 error increase ≤ {q.get('max_drop_pt')} pt): {q.get('drop_pt', 0):+.2f} pt, "
+              f"{verdict}. Against the float model on {agree.get('samples', '?')} test images: top-1 agreement "
+              f"{100 * agree.get('top1_agreement', 0):.1f} %, max |Δ logits| {agree.get('max_abs_diff', 0):.3g}.")
+    return _table(head, rows, align=["l"] + ["r"] * 6) + "\n\n" + note
