@@ -6,10 +6,12 @@ are calibrated on a few hundred training images (MinMax, Entropy or Percentile).
 MatMul layers (Gemm nodes, i.e. ``nn.Linear``, are rewritten to MatMul + Add first, since ORT quantizes only MatMul
 dynamically); activations are quantized at run time, so no calibration data is needed: for Linear-heavy models.
 
-Validation (:data:`INT8_RTOL`, :data:`MIN_AGREEMENT`): on real test samples, the INT8 logits may differ from the
-float PyTorch model's by at most ``INT8_RTOL * max(1, max|y|)`` and the top-1 classes must agree on at least
-``MIN_AGREEMENT`` of the samples. Rounding to 256 levels per tensor moves logits by a few percent of their scale; a
-broken quantization (wrong axis, wrong scale, a miscalibrated range) moves them by their own magnitude. The accuracy
+Validation (:data:`INT8_RTOL`, :data:`MIN_AGREEMENT`): on real test samples, the 99th percentile over samples of
+the largest |Δ logit| (INT8 vs the float PyTorch model) must stay within ``INT8_RTOL * max(1, max|y|)`` and the top-1
+classes must agree on at least ``MIN_AGREEMENT`` of the samples. Rounding to 256 levels per tensor moves logits by a
+few percent of their scale; a broken quantization (wrong axis, wrong scale) moves them by their own magnitude. The
+plain max |Δ| is reported but not bounded: a rare image whose activations exceed the calibrated range is clipped and
+can move by much more, which is what calibration trades for resolution (the accuracy gate judges its cost). The accuracy
 gate then compares top-1 error on the whole test split: an INT8 model whose error exceeds the float model's by more
 than ``max_drop`` percentage points is not shipped.
 """
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 MODES = ("static", "dynamic")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 INT8_RTOL = 0.1
-"""INT8 logits may differ from the float model's by this fraction of ``max(1, max|y|)`` (on real samples)."""
+"""The 99th percentile (over real samples) of max |Δ logits| may reach this fraction of ``max(1, max|y|)``."""
 MIN_AGREEMENT = 0.9
 """Least share of real samples whose INT8 top-1 class equals the float model's."""
 VALIDATION_SAMPLES = 256
@@ -242,16 +244,18 @@ def torch_logits(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarra
 
 def agreement(reference: np.ndarray, got: np.ndarray) -> dict:
     """Top-1 agreement and max |Δ logits| of ``got`` against ``reference`` (N×classes)."""
-    diff = float(np.max(np.abs(got.astype(np.float64) - reference.astype(np.float64)))) if got.size else 0.0
+    per_sample = (np.abs(got.astype(np.float64) - reference.astype(np.float64)).reshape(len(reference), -1).max(1)
+                  if got.size else np.zeros(1))
     return {"samples": int(len(reference)),
             "top1_agreement": float(np.mean(got.argmax(1) == reference.argmax(1))) if len(reference) else 1.0,
-            "max_abs_diff": diff, "tolerance": INT8_RTOL * max(1.0, float(np.max(np.abs(reference))))}
+            "max_abs_diff": float(per_sample.max()), "p99_abs_diff": float(np.percentile(per_sample, 99)),
+            "tolerance": INT8_RTOL * max(1.0, float(np.max(np.abs(reference)))) if reference.size else INT8_RTOL}
 
 
 def _check_agreement(name: str, a: dict, hint: str) -> None:
     problems = []
-    if not a["max_abs_diff"] <= a["tolerance"]:
-        problems.append(f"max |Δ logits| {a['max_abs_diff']:.3g} > tolerance {a['tolerance']:.3g}")
+    if not a["p99_abs_diff"] <= a["tolerance"]:
+        problems.append(f"99th-percentile |Δ logits| {a['p99_abs_diff']:.3g} > tolerance {a['tolerance']:.3g}")
     if a["top1_agreement"] < MIN_AGREEMENT:
         problems.append(f"top-1 agreement {a['top1_agreement']:.1%} < {MIN_AGREEMENT:.0%}")
     if problems:
