@@ -24,6 +24,8 @@ from edgeprune.export.quantize import (
 from edgeprune.models import create_model
 from edgeprune.train import train_epoch
 
+from adb_loopback.fixtures import adb_home, make_device, private_home  # noqa: F401
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -237,3 +239,116 @@ def test_gemm_rewrite_keeps_the_function(tmp_path):
     x = np.random.default_rng(0).standard_normal((5, 1, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(onnxruntime_runner(tmp_path / "r.onnx")(x)[0], onnxruntime_runner(path)(x)[0],
                                rtol=1e-5, atol=1e-6)
+
+
+# --- the pipeline and the benchmark ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory):
+    """A run folder as `compress --quantize int8` leaves it: dense baseline, slim float and slim INT8 models."""
+    from edgeprune.export.quantize import quantize_onnx
+
+    d = tmp_path_factory.mktemp("run")
+    dense, slim = create_model("tiny-resnet").eval(), create_model("tiny-cnn").eval()
+    for model, stem in ((dense, "baseline"), (slim, "model")):
+        torch.onnx.export(model, (torch.randn(1, 1, 8, 8),), str(d / f"{stem}.onnx"), dynamo=False,
+                          external_data=False)
+        save_checkpoint(d / f"{stem}.pt", model, meta={"input_shape": [1, 8, 8]})
+    calib = np.random.default_rng(0).standard_normal((64, 1, 8, 8)).astype(np.float32)
+    quantize_onnx(d / "model.onnx", d / "model.int8.onnx", QuantizeConfig(), calib)
+    (d / "report.md").write_text("# tiny run\n")
+    return d
+
+
+FAST = ["--runs", "20", "--warmup", "2", "--warmup-seconds", "0", "--block-size", "5"]
+
+
+def test_bench_of_a_run_folder_compares_dense_slim_and_int8(int8_run, capsys):
+    from edgeprune.cli import main
+
+    assert main(["bench", str(int8_run), *FAST]) == 0
+    out = capsys.readouterr().out
+    d = json.loads((int8_run / "bench" / "cpu" / "bench.json").read_text())
+    assert [(m["role"], Path(m["path"]).name) for m in d["models"]] == [
+        ("baseline", "baseline.onnx"), ("model", "model.onnx"), ("model", "model.int8.onnx")]
+    assert all(m["runs"] == 20 and len(m["samples_ms"]) == 20 for m in d["models"])
+    for m in d["models"][1:]:  # each speedup over the dense baseline, with its block interval
+        sp = m["speedup"]
+        assert sp["interval_unit"] == "block" and sp["ci95"]["median"][0] <= sp["median"] <= sp["ci95"]["median"][1]
+    # One alternating run: dense, slim, INT8, dense, slim, INT8, …
+    assert [b["model"] for b in d["block_order"]] == [0, 1, 2] * 4
+    assert "slim INT8 (model.int8.onnx)" in out
+    assert "model.int8.onnx" in (int8_run / "report.md").read_text()
+    # The torch runtime has no INT8 model: it compares the two checkpoints only.
+    assert main(["bench", str(int8_run), "--runtime", "torch", *FAST]) == 0
+    assert len(json.loads((int8_run / "bench" / "cpu" / "bench.json").read_text())["models"]) == 2
+
+
+def test_ort_c_runner_loads_a_qdq_model_and_matches_python(int8_run, native_ort_c_bundle, tmp_path):
+    """The on-device runner (built natively here, the same C source as the phone's) runs the QDQ model and gives
+    the outputs Python's ONNX Runtime gives."""
+    import subprocess
+
+    x = np.random.default_rng(1).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    (tmp_path / "in.bin").write_bytes(x.tobytes())
+    proc = subprocess.run(["sh", str(native_ort_c_bundle / "run.sh"), "--model", str(int8_run / "model.int8.onnx"),
+                           "--runs", "5", "--warmup", "1", "--input", str(tmp_path / "in.bin"), "--dump-output",
+                           str(tmp_path / "out.bin")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("INFER ")]) == 5
+    want = _ort(int8_run / "model.int8.onnx", x)
+    got = np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_device_adb_runs_the_three_models_with_the_ort_c_runner(int8_run, make_device, native_ort_c_bundle,
+                                                                      tmp_path, capsys):
+    from edgeprune.cli import main
+
+    device = make_device(props={"ro.product.cpu.abi": "x86_64", "ro.product.cpu.abilist": "x86_64,arm64-v8a",
+                                "ro.product.cpu.abilist64": "x86_64,arm64-v8a"}, machine="x86_64")
+    run = tmp_path / "run"
+    shutil.copytree(int8_run, run, ignore=shutil.ignore_patterns("bench"))
+    rc = main(["bench", str(run), "--device", "adb", "--serial", device.serial, "--runner",
+               f"ort-c:{native_ort_c_bundle}", "--runs", "20", "--warmup", "2", "--cooldown-seconds", "0"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    d = json.loads((run / "bench" / "adb" / "bench.json").read_text())
+    assert [m["role"] for m in d["models"]] == ["baseline", "model", "model"]
+    assert all(m["runtime"] == "ort-c" and len(m["samples_ms"]) == 20 and m["speedup" if m["role"] == "model"
+               else "runs"] for m in d["models"])
+    assert sorted(Path(m["path"]).suffix for m in d["models"]) == [".onnx"] * 3
+    assert "model.int8.onnx" in captured.out
+
+
+@pytest.mark.realdata
+def test_compress_stage_quantize_writes_int8_and_the_report_rows(tmp_path):
+    """`compress --quantize int8` on the tiny synthetic task: model.int8.*, compress.json verdict, report rows."""
+    from tests.test_compress import _config, trained_baseline
+
+    from edgeprune.pipeline import StageOptions, run_compress
+
+    class Factory:
+        def mktemp(self, name):
+            p = tmp_path / name
+            p.mkdir()
+            return p
+
+    data, base = trained_baseline(Factory(), "tiny-cnn", sizes=(320, 120, 300))
+    run = tmp_path / "run"
+    options = StageOptions(export_formats=("onnx", "ort"),
+                           quantize=QuantizeConfig(calibration_samples=64, max_drop=5.0).to_dict())
+    summary = run_compress(base, run, _config(max_epochs=2), data=data, options=options)
+    assert summary["int8"]["shipped"] and summary["int8"]["passed"]
+    for name in ("model.onnx", "model.int8.onnx", "model.int8.ort", "model.int8.7z", "model.int8.json"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "compress.json").read_text())["int8"]["drop_pt"] == summary["int8"]["drop_pt"]
+    assert json.loads((run / "manifest.json").read_text())["pipeline"]["quantize"]["max_drop"] == 5.0
+    report = json.loads((run / "report.json").read_text())
+    assert report["int8"]["onnx_7z_bytes"] == (run / "model.int8.7z").stat().st_size
+    assert report["int8"]["top1_error"] == summary["int8"]["int8"]["top1_error"]
+    text = (run / "report.md").read_text()
+    assert "## INT8" in text and "| Slim INT8 |" in text
+    with pytest.raises(ConfigError, match="calibration"):
+        StageOptions(quantize={"calibration": "kl"})

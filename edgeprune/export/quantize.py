@@ -197,9 +197,10 @@ def quantize_onnx(float_onnx: str | os.PathLike, out: str | os.PathLike, config:
             if config.mode == "static":
                 if calibration is None or not len(calibration):
                     raise ConfigError("static INT8 quantization needs calibration samples of the model's dataset")
-                name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
-                with _quiet():
-                    quantize_static(str(pre), str(out), _reader(calibration, name), quant_format=QuantFormat.QDQ,
+                first = onnx.load(str(pre), load_external_data=False).graph.input[0]
+                fixed = first.type.tensor_type.shape.dim[0].dim_value if first.type.tensor_type.shape.dim else 0
+                with _quiet():  # a graph with a fixed batch size is calibrated in batches of that size
+                    quantize_static(str(pre), str(out), _reader(calibration, first.name, fixed or 32), quant_format=QuantFormat.QDQ,
                                     per_channel=config.per_channel, activation_type=QuantType.QUInt8,
                                     weight_type=QuantType.QInt8, calibrate_method=_method(config.calibration))
                 info.update(calibration=config.calibration, calibration_samples=int(len(calibration)),
