@@ -192,6 +192,11 @@ def test_options_are_validated_with_one_line_errors(tmp_path, capsys):
     assert "--quantize" in capsys.readouterr().err
     assert main(["export", "tiny-mlp", "--quantize", "int8", "--calibration", "kl", "--out", str(tmp_path)]) == 1
     assert "calibration" in capsys.readouterr().err
+    assert main(["compress", str(tmp_path / "m.pt"), "--quantize", "int4", "--out", str(tmp_path / "r")]) == 1
+    assert "--quantize" in capsys.readouterr().err
+    assert main(["compress", str(tmp_path / "m.pt"), "--quantize", "int8", "--quant-mode", "fp16",
+                 "--out", str(tmp_path / "r")]) == 1
+    assert "quantization mode" in capsys.readouterr().err
     # A zoo name records no dataset: say what to pass.
     assert main(["export", "tiny-mlp", "--quantize", "int8", "--format", "onnx", "--out", str(tmp_path)]) == 1
     assert "--dataset" in capsys.readouterr().err
