@@ -321,8 +321,8 @@ def test_bench_device_adb_runs_the_three_models_with_the_ort_c_runner(int8_run, 
     assert rc == 0, captured.err
     d = json.loads((run / "bench" / "adb" / "bench.json").read_text())
     assert [m["role"] for m in d["models"]] == ["baseline", "model", "model"]
-    assert all(m["runtime"] == "ort-c" and len(m["samples_ms"]) == 20 and m["speedup" if m["role"] == "model"
-               else "runs"] for m in d["models"])
+    assert all(m["runtime"] == "ort-c" and len(m["samples_ms"]) == 20 for m in d["models"])
+    assert all(m["speedup"]["median"] > 0 for m in d["models"][1:])
     assert sorted(Path(m["path"]).suffix for m in d["models"]) == [".onnx"] * 3
     assert "model.int8.onnx" in captured.out
 
