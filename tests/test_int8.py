@@ -355,5 +355,13 @@ def test_compress_stage_quantize_writes_int8_and_the_report_rows(tmp_path):
     assert report["int8"]["top1_error"] == summary["int8"]["int8"]["top1_error"]
     text = (run / "report.md").read_text()
     assert "## INT8" in text and "| Slim INT8 |" in text
+    # After `edgeprune bench RUN` the INT8 rows of a regenerated report carry the three latencies too.
+    from edgeprune.cli import main
+    from edgeprune.report import write_report
+
+    assert main(["bench", str(run), *FAST]) == 0
+    write_report(run)
+    rows = [ln for ln in (run / "report.md").read_text().splitlines() if ln.startswith("| Slim INT8 |")]
+    assert len(rows) == 1 and rows[0].rstrip(" |").endswith("×)")
     with pytest.raises(ConfigError, match="calibration"):
         StageOptions(quantize={"calibration": "kl"})

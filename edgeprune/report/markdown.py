@@ -130,13 +130,17 @@ def _int8_section(report: dict) -> str:
     """Dense float, slim float and slim INT8 side by side: params, MACs, stored sizes, test error."""
     q, base, pruned = report["int8"], report["baseline"], report["pruned"]
     head = ["Model", "Params", "MACs", ".onnx [kB]", ".7z [kB]", ".ort [kB]", "Top-1 error (%)"]
+    latency = _three_way_latency(report)
+    head += [f"Median {device} [ms] (speedup)" for device in latency]
     rows = []
-    for title, m, err in (("Dense float", base, base.get("top1_error")),
-                          ("Slim float", pruned, q.get("float_top1_error", pruned.get("top1_error"))),
-                          ("Slim INT8" + ("" if q.get("shipped") else " (not shipped)"), q, q.get("top1_error"))):
+    for key, title, m, err in (
+            ("dense", "Dense float", base, base.get("top1_error")),
+            ("slim", "Slim float", pruned, q.get("float_top1_error", pruned.get("top1_error"))),
+            ("int8", "Slim INT8" + ("" if q.get("shipped") else " (not shipped)"), q, q.get("top1_error"))):
         rows.append([title, f"{m['params_total']:,}" if m.get("params_total") is not None else "–",
                      f"{m['macs']:,}" if m.get("macs") is not None else "–", _kb(m.get("onnx_bytes")),
-                     _kb(m.get("onnx_7z_bytes")), _kb(m.get("ort_bytes")), _err(err)])
+                     _kb(m.get("onnx_7z_bytes")), _kb(m.get("ort_bytes")), _err(err)]
+                    + [by_role.get(key, "–") for by_role in latency.values()])
     quant = q.get("quantization") or {}
     agree = q.get("agreement") or {}
     verdict = "passed" if q.get("passed") else "MISSED" + (" (shipped anyway)" if q.get("shipped") else "")
@@ -147,4 +151,21 @@ def _int8_section(report: dict) -> str:
             + f". Accuracy gate (test top-1 error increase ≤ {q.get('max_drop_pt')} pt): {q.get('drop_pt', 0):+.2f} pt, "
               f"{verdict}. Against the float model on {agree.get('samples', '?')} test images: top-1 agreement "
               f"{100 * agree.get('top1_agreement', 0):.1f} %, max |Δ logits| {agree.get('max_abs_diff', 0):.3g}.")
-    return _table(head, rows, align=["l"] + ["r"] * 6) + "\n\n" + note
+    return _table(head, rows, align=["l"] + ["r"] * (len(head) - 1)) + "\n\n" + note
+
+
+def _three_way_latency(report: dict) -> dict[str, dict[str, str]]:
+    """Per bench device that measured all three models (``edgeprune bench RUN``): median and speedup by role."""
+    out: dict[str, dict[str, str]] = {}
+    for bench in report.get("bench") or []:
+        cells = {}
+        for m in bench.get("models") or []:
+            label = str(m.get("label") or "")
+            key = "dense" if m.get("role") == "baseline" else "int8" if "int8" in label.lower() else "slim"
+            if m.get("median_ms") is None:
+                continue
+            sp = m.get("speedup") or {}
+            cells[key] = f"{m['median_ms']:.4g}" + (f" ({sp['median']:.2f}×)" if sp.get("median") else "")
+        if {"dense", "slim", "int8"} <= set(cells):
+            out[bench.get("device", "?")] = cells
+    return out
