@@ -209,8 +209,9 @@ def test_dynamic_int8_of_a_linear_model_uses_integer_matmuls(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(600, 1, 4, 4, generator=g)
     y = (x.flatten(1)[:, :3]).argmax(1)
+    # The test split as a plain torch Dataset (as imagefolder gives), not a TensorSplit: read batch by batch.
     data = DataBundle("synthetic", TensorSplit(x[:400], y[:400]), TensorSplit(x[400:450], y[400:450]),
-                      TensorSplit(x[450:], y[450:]), (1, 4, 4), 3, "")
+                      torch.utils.data.TensorDataset(x[450:], y[450:]), (1, 4, 4), 3, "")
     torch.manual_seed(0)
     model = create_model("tiny-mlp", hidden=64)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -222,9 +223,10 @@ def test_dynamic_int8_of_a_linear_model_uses_integer_matmuls(tmp_path):
     assert rec["quantization"]["gemm_rewritten"] == 3
     ops = {n.op_type for n in onnx.load(str(tmp_path / "mlp.int8.onnx")).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "Gemm" not in ops
+    assert rec["test_samples"] == 150
     with torch.no_grad():
-        want = model(data.test.x).numpy()
-    got = _ort(tmp_path / "mlp.int8.onnx", data.test.x.numpy())
+        want = model(x[450:]).numpy()
+    got = _ort(tmp_path / "mlp.int8.onnx", x[450:].numpy())
     assert _within_tolerance(got, want)
     assert rec["passed"] and rec["test_agreement"]["top1_agreement"] >= MIN_AGREEMENT
 
@@ -365,3 +367,17 @@ def test_compress_stage_quantize_writes_int8_and_the_report_rows(tmp_path):
     assert len(rows) == 1 and rows[0].rstrip(" |").endswith("×)")
     with pytest.raises(ConfigError, match="calibration"):
         StageOptions(quantize={"calibration": "kl"})
+
+
+def test_calibration_and_test_batches_read_plain_datasets_like_tensor_splits():
+    from edgeprune.export.quantize import calibration_batch, split_batches
+
+    x, y = torch.randn(70, 1, 4, 4), torch.arange(70) % 3
+    plain, split = torch.utils.data.TensorDataset(x, y), TensorSplit(x, y)
+    np.testing.assert_array_equal(calibration_batch(plain, 16, seed=3), calibration_batch(split, 16, seed=3))
+    assert len(calibration_batch(split, 500)) == 70
+    a, b = list(split_batches(plain, 32)), list(split_batches(split, 32))
+    assert [len(xb) for xb, _ in a] == [32, 32, 6]
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)

@@ -91,10 +91,22 @@ def parse_quantize(value: str | None) -> bool:
 
 def calibration_batch(train, n: int, seed: int = 0) -> np.ndarray:
     """``n`` training samples (a seeded random subset) as one float32 array."""
-    x = train.x if hasattr(train, "x") else torch.stack([train[i][0] for i in range(len(train))])
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(x), generator=g)[: min(n, len(x))]
-    return x[idx].detach().float().cpu().numpy()
+    idx = torch.randperm(len(train), generator=g)[: min(n, len(train))]
+    if hasattr(train, "x"):
+        return train.x[idx].detach().float().cpu().numpy()
+    return torch.stack([train[int(i)][0] for i in idx]).float().numpy()
+
+
+def split_batches(split, batch: int = 256):
+    """(inputs, labels) of a dataset split as numpy batches, in order, without loading the whole split at once."""
+    for start in range(0, len(split), batch):
+        if hasattr(split, "x"):
+            x, y = split.x[start:start + batch], split.y[start:start + batch]
+        else:
+            items = [split[i] for i in range(start, min(start + batch, len(split)))]
+            x, y = torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
+        yield x.detach().float().cpu().numpy(), y.detach().cpu().numpy()
 
 
 def _reader(samples: np.ndarray, input_name: str, batch: int = 32):
@@ -232,7 +244,10 @@ def batched_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 256) -> 
     """The first output of an .onnx / .ort file on ``x``, in batches (one sample at a time for a fixed batch of 1)."""
     from .validate import onnxruntime_runner
 
-    run = onnxruntime_runner(path)
+    return _logits(onnxruntime_runner(path), x, batch)
+
+
+def _logits(run, x: np.ndarray, batch: int = 256) -> np.ndarray:
     size = getattr(run, "fixed_batch", None) or batch
     try:
         return np.concatenate([run(x[i:i + size])[0] for i in range(0, len(x), size)])
@@ -301,24 +316,26 @@ def export_int8(
     out_dir.mkdir(parents=True, exist_ok=True)
     net = copy.deepcopy(model).cpu().eval()
     shape = tuple(int(s) for s in input_shape)
-    test_x = data.test.x.detach().float().cpu().numpy()
-    test_y = data.test.y.detach().cpu().numpy()
-    if tuple(test_x.shape[1:]) != shape:
-        raise ConfigError(f"the dataset's samples have shape {tuple(test_x.shape[1:])}, the model's input is {shape}")
+    if not len(data.test):
+        raise ConfigError(f"{data.name} has an empty test split: the INT8 accuracy gate needs test images")
+    sample = tuple(next(split_batches(data.test, 1))[0].shape[1:])
+    if sample != shape:
+        raise ConfigError(f"the dataset's samples have shape {sample}, the model's input is {shape}; quantize with the "
+                          "dataset the model was trained on (--dataset)")
     calib = calibration_batch(data.train, config.calibration_samples, config.seed) if config.mode == "static" else None
     with make_progress() as progress:
-        task = progress.add_task(f"INT8 {stem}", total=5, info="float ONNX")
-        return _export_int8(net, out_dir, stem, shape, data, config, calib, test_x, test_y, ort, opset,
+        task = progress.add_task(f"INT8 {stem}", total=4, info="float ONNX")
+        return _export_int8(net, out_dir, stem, shape, data, config, calib, ort, opset,
                             lambda info: (progress.advance(task), progress.update(task, info=info)))
 
 
-def _export_int8(net, out_dir: Path, stem: str, shape, data, config: QuantizeConfig, calib, test_x, test_y,
-                 ort: bool, opset: int, step) -> dict:
+def _export_int8(net, out_dir: Path, stem: str, shape, data, config: QuantizeConfig, calib, ort: bool, opset: int,
+                 step) -> dict:
     from .. import _io
     from .onnx_export import build_onnx
     from .ort_format import build_ort
     from .sizes import write_7z
-    from .validate import example_input
+    from .validate import example_input, onnxruntime_runner
 
     name = f"{stem}{SUFFIX}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.export-", dir=out_dir))
@@ -331,12 +348,20 @@ def _export_int8(net, out_dir: Path, stem: str, shape, data, config: QuantizeCon
         step("quantize" + (f" (calibrating on {len(calib)} images)" if calib is not None else ""))
         built = {"onnx": tmp / f"{name}.onnx"}
         quant = quantize_onnx(float_onnx, built["onnx"], config, calib)
-        step(f"float model on {len(test_x):,} test images")
-        float_logits = torch_logits(net, test_x)
-        step(f"INT8 model on {len(test_x):,} test images")
-        int8_logits = batched_logits(built["onnx"], test_x)
+        step(f"float and INT8 models on {len(data.test):,} test images")
+        run_int8 = onnxruntime_runner(built["onnx"])
+        float_parts, int8_parts, label_parts, first = [], [], [], []
+        for x, y in split_batches(data.test):
+            float_parts.append(torch_logits(net, x))
+            int8_parts.append(_logits(run_int8, x))
+            label_parts.append(y)
+            if sum(len(f) for f in first) < VALIDATION_SAMPLES:
+                first.append(x)
+        float_logits, int8_logits = np.concatenate(float_parts), np.concatenate(int8_parts)
+        test_y = np.concatenate(label_parts)
+        real_x = np.concatenate(first)[:VALIDATION_SAMPLES]
         step(".ort, .7z")
-        real = slice(0, min(VALIDATION_SAMPLES, len(test_x)))
+        real = slice(0, len(real_x))
         close = agreement(float_logits[real], int8_logits[real])
         err_f, err_q = top1_error(float_logits, test_y), top1_error(int8_logits, test_y)
         drop = 100.0 * (err_q - err_f)
@@ -357,12 +382,14 @@ def _export_int8(net, out_dir: Path, stem: str, shape, data, config: QuantizeCon
             if ort:
                 built["ort"] = tmp / f"{name}.ort"
                 record["ort"] = build_ort(built["onnx"], built["ort"])
-                ort_close = agreement(int8_logits[real], batched_logits(built["ort"], test_x[real]))
+                ort_close = agreement(int8_logits[real], batched_logits(built["ort"], real_x))
                 _check_agreement(built["ort"].name, ort_close,
                                  "the ORT converter changed the INT8 model; export without .ort")
                 record["ort"]["agreement_with_onnx"] = ort_close
             built["7z"] = tmp / f"{name}.7z"
             write_7z(built["onnx"], built["7z"], arcname=built["onnx"].name)
+            if "ort" not in built:
+                (out_dir / f"{name}.ort").unlink(missing_ok=True)  # an earlier export's, of another model
             for key, src in built.items():
                 os.replace(src, out_dir / src.name)
                 record[f"{key}_bytes" if key != "7z" else "onnx_7z_bytes"] = (out_dir / src.name).stat().st_size
@@ -375,6 +402,7 @@ def _export_int8(net, out_dir: Path, stem: str, shape, data, config: QuantizeCon
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _io.write_json(out_dir / f"{name}.json", record)
+    step("done")
     log.info("INT8 %s: test top-1 error %.2f%% (float %.2f%%, %+.2f pt, gate %.2f pt: %s)", name, 100 * err_q,
              100 * err_f, drop, config.max_drop, "passed" if passed else "MISSED")
     return record
