@@ -197,6 +197,8 @@ def test_options_are_validated_with_one_line_errors(tmp_path, capsys):
     assert main(["compress", str(tmp_path / "m.pt"), "--quantize", "int8", "--quant-mode", "fp16",
                  "--out", str(tmp_path / "r")]) == 1
     assert "quantization mode" in capsys.readouterr().err
+    assert main(["export", "tiny-mlp", "--keep-int8", "--out", str(tmp_path)]) == 1
+    assert "apply to --quantize int8" in capsys.readouterr().err
     # A zoo name records no dataset: say what to pass.
     assert main(["export", "tiny-mlp", "--quantize", "int8", "--format", "onnx", "--out", str(tmp_path)]) == 1
     assert "--dataset" in capsys.readouterr().err

@@ -104,6 +104,8 @@ def export(
                           dynamic_batch=dynamic_batch, slim=slim, opset=opset, real_samples=real_samples,
                           quantize=quantize)
     qconfig = None
+    if config.quantize != "int8" and (dataset or keep_int8):
+        raise ConfigError("--dataset and --keep-int8 apply to --quantize int8; add it or drop them")
     if config.quantize == "int8":
         from ..export.quantize import QuantizeConfig
 
