@@ -25,6 +25,7 @@ from edgeprune.models import create_model
 from edgeprune.train import train_epoch
 
 from adb_loopback.fixtures import adb_home, make_device, private_home  # noqa: F401
+from test_runner_arm64 import arm64_bundle, qemu_sandbox  # noqa: F401  (the aarch64 runner under qemu)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -329,6 +330,33 @@ def test_bench_device_adb_runs_the_three_models_with_the_ort_c_runner(int8_run, 
     assert all(m["speedup"]["median"] > 0 for m in d["models"][1:])
     assert sorted(Path(m["path"]).suffix for m in d["models"]) == [".onnx"] * 3
     assert "model.int8.onnx" in captured.out
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_arm64_runner_runs_the_int8_onnx_and_its_arm_ort_under_qemu(int8_run, arm64_bundle, qemu_sandbox, tmp_path):
+    """The phone's runner binary (aarch64 ONNX Runtime, ARM INT8 kernels) loads the QDQ .onnx and the ARM-targeted
+    INT8 .ort and computes what ONNX Runtime computes here, up to INT8 rounding."""
+    from android_bench.runners.ort_c import parse_report
+    from edgeprune.export.ort_format import build_ort
+
+    bundle, run = arm64_bundle, qemu_sandbox
+    shutil.copy(int8_run / "model.int8.onnx", tmp_path / "q.onnx")
+    build_ort(tmp_path / "q.onnx", tmp_path / "q.ort")
+    x = np.random.default_rng(2).standard_normal((4, 1, 1, 8, 8)).astype(np.float32)  # the model's batch is 1
+    want = _ort(tmp_path / "q.onnx", x.reshape(4, 1, 8, 8))
+    for name in ("q.onnx", "q.ort"):
+        got = []
+        for i, sample in enumerate(x):
+            (tmp_path / "in.bin").write_bytes(sample.tobytes())
+            proc = run(f"sh {bundle}/run.sh --model {name} --runs 2 --warmup 1 --threads 1 --input in.bin "
+                       "--dump-output out.bin", tmp_path)
+            assert proc.returncode == 0, proc.stderr
+            assert parse_report(proc.stdout).complete
+            got.append(np.fromfile(tmp_path / "out.bin", dtype=np.float32))
+        got = np.stack(got)
+        assert got.shape == want.shape and _within_tolerance(got, want), name
+        assert np.array_equal(got.argmax(1), want.argmax(1)), name
 
 
 @pytest.mark.realdata
