@@ -51,7 +51,7 @@ def test_shufflenet_partial_surgery_is_exact_and_reloads(shufflenet, tmp_path):
     res = surgery(shufflenet, SHAPE, probe_batch=real)
     r = res.report
     assert r["partial"]["reason"].startswith("torch-pruning could not trace")
-    assert {u["module"] for u in r["partial"]["untraced"]} == {"stage2", "stage3", "stage4"}
+    assert {u["module"] for u in r["partial"]["split"]} == {"stage2", "stage3", "stage4"}
     assert len(r["partial"]["parts_cut"]) == 16 and all(p.startswith("stage") for p in r["partial"]["parts_cut"])
     assert r["channels_removed"] == _expected_inner_removed(shufflenet) > 0
     assert r["params_after"] < r["params_before"] and r["verification"]["relative_diff"] <= 1e-5

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError, SurgeryError
 from .parts import TraceError
+from .verify import VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,9 @@ def surgery(
         # The input serves as the masked reference: read only, in eval mode for the duration.
         try:
             return _surgery(model.eval(), shape, round_channels, probe_batch, tolerance, t0)
-        except TraceError as exc:
-            # Untraceable (e.g. ShuffleNetV2's channel shuffle): cut the parts that trace, keep the rest dense.
+        except (TraceError, VerificationError) as exc:
+            # Untraceable (e.g. ShuffleNetV2's channel shuffle), or traced wrongly (the cut did not verify, e.g.
+            # GhostNet's slice of a concatenation): cut the parts that trace and verify, keep the rest dense.
             return _surgery_partial(model.eval(), shape, round_channels, probe_batch, tolerance, t0, str(exc))
     finally:
         for m, training in modes:

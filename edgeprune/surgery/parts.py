@@ -1,6 +1,9 @@
 """Surgery by parts: when torch-pruning cannot trace the whole model (ShuffleNetV2's channel shuffle), cut inside
 the sub-modules it can trace and keep the rest dense.
 
+The same happens when a whole-model cut does not verify (torch-pruning misread a structure, e.g. GhostNet's slice
+of a concatenation): nothing of that cut is kept, and the parts are tried one by one.
+
 A part is a sub-module called once per forward with one tensor: it is cut as a model of its own, on the inputs it
 receives inside the whole model (random probes and the real batch, recorded with hooks), so its output width — its
 interface to the rest of the model — never changes. A part that cannot be traced is split into its children, down
@@ -91,7 +94,7 @@ def surgery_by_parts(masked: nn.Module, shape: tuple[int, ...], probe: list[torc
     tolerance)`` is the traced surgery of one part returning a SurgeryResult. Returns (slim model, parts specs,
     report additions, kept indices by full layer name)."""
     from .core import _out_size
-    from .verify import verify
+    from .verify import VerificationError, verify
 
     work = copy.deepcopy(masked).eval()
     batches = probe + ([real] if real is not None else [])
@@ -110,7 +113,7 @@ def surgery_by_parts(masked: nn.Module, shape: tuple[int, ...], probe: list[torc
         sub_real = recorded[-1] if real is not None else None
         try:
             res = cut_part(masked.get_submodule(name), sub_shape, sub_real, round_channels, tolerance)
-        except TraceError as exc:
+        except (TraceError, VerificationError) as exc:
             untraced.append({"module": name, "reason": _short(str(exc))})
             return descend(name, module, str(exc))
         except (SurgeryError, RuntimeError) as exc:
@@ -142,7 +145,7 @@ def surgery_by_parts(masked: nn.Module, shape: tuple[int, ...], probe: list[torc
     verification = verify(masked, work, check + ([real] if real is not None else []), kept_all, tolerance)
     extra = {
         "partial": {"reason": _short(reason), "parts_cut": [p["scope"] for p in parts],
-                    "untraced": untraced, "kept_dense": dense},
+                    "split": untraced, "kept_dense": dense},
         "kept": [{**k, "layer": f"{n}.{k['layer']}"} for n, r in sub_reports for k in r["kept"]],
         "skipped_groups": [{**k, "layer": f"{n}.{k['layer']}"} for n, r in sub_reports for k in r["skipped_groups"]],
         "channels_removed": sum(r["channels_removed"] for _, r in sub_reports),
@@ -153,6 +156,6 @@ def surgery_by_parts(masked: nn.Module, shape: tuple[int, ...], probe: list[torc
         "verification": verification,
     }
     log.warning("surgery: torch-pruning cannot trace the whole model (%s); cut inside %d traceable parts; "
-                "%d untraced containers split, %d parts kept dense", _short(reason), len(parts), len(untraced),
+                "%d containers split into their children, %d parts kept dense", _short(reason), len(parts), len(untraced),
                 len(dense))
     return work, parts, extra, kept_all
