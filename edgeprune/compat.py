@@ -76,9 +76,10 @@ def _fix(model: nn.Module, expected: tuple[int, ...] | None, given: tuple[int, .
 
 
 def check_model_data(model: nn.Module, data, arch: dict | None = None, batch: int = 8,
-                     classes_fix: str | None = None) -> None:
+                     classes_fix: str | None = None, input_fix=None) -> None:
     """Run ``model`` once on up to ``batch`` training samples of ``data`` (a DataBundle); raise one DatasetError line
-    when it fails or its output does not have one score per class. The model's mode and gradients are untouched."""
+    when it fails or its output does not have one score per class. The model's mode and gradients are untouched.
+    ``classes_fix`` / ``input_fix(option_hint)`` word the fix for commands without the data options (compress)."""
     x = data.train.x[:batch] if hasattr(data.train, "x") else torch.stack([data.train[i][0] for i in range(
         min(batch, len(data.train)))])
     given = tuple(x.shape[1:])
@@ -94,8 +95,9 @@ def check_model_data(model: nn.Module, data, arch: dict | None = None, batch: in
     except Exception as exc:  # any failure of the forward is a mismatch the user must see explained
         what, expected = _described(model, arch)
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        fix = _fix(model, expected, given)
         raise DatasetError(f"model {name} does not fit {data.name}: it expects {what}, the data gives "
-                           f"{_fmt(given)} per sample ({first}); {_fix(model, expected, given)}") from None
+                           f"{_fmt(given)} per sample ({first}); {input_fix(fix) if input_fix else fix}") from None
     finally:
         for m, was in training:
             m.training = was

@@ -133,8 +133,11 @@ def _check_fit(ctx: RunContext, source: str) -> None:
     """One forward of one real batch before any training: a mismatch is one line naming the fix."""
     from .compat import check_model_data
 
+    trained_on = ctx.meta.get("dataset") or "the dataset it was trained on"
     check_model_data(ctx.model, ctx.data, getattr(ctx.model, "edgeprune_arch", None),
-                     classes_fix=f"compress {source} on the dataset it was trained on (--dataset)")
+                     classes_fix=f"compress {source} on {trained_on} (--dataset)",
+                     input_fix=lambda hint: f"compress it on {trained_on} (--dataset), or train a model for this data "
+                                            f"(edgeprune train: {hint.replace('pass ', '')})")
     if ctx.data.options:
         ctx.meta["data_options"] = ctx.data.options
 

@@ -35,7 +35,7 @@ def kill(model, shape, seed: int) -> None:
     try:
         kill_random_channels(model, shape, 0.5, 0.3, seed=seed)
         return
-    except TraceError:
+    except (TraceError, IndexError, KeyError):  # untraceable, or traced with indices that do not fit the layers
         pass
     inputs, calls = record_part_inputs(model, [torch.zeros(1, *shape)])
 
@@ -45,7 +45,7 @@ def kill(model, shape, seed: int) -> None:
             try:
                 kill_random_channels(module, tuple(rec[0].shape[1:]), 0.5, 0.3, seed=seed)
                 return
-            except TraceError:
+            except (TraceError, IndexError, KeyError):
                 pass
         for child, sub in module.named_children():
             visit(f"{name}.{child}", sub)
@@ -81,6 +81,9 @@ def measure(name: str, size: int) -> dict:
         res = surgery(model, shape)
     except EdgepruneError as exc:
         return {**row, "status": "refused", "reason": str(exc)[:300], "seconds": round(time.perf_counter() - t0, 1)}
+    except Exception as exc:  # a crash is a finding too: record it and go on with the next family
+        return {**row, "status": "crashed", "reason": f"{type(exc).__name__}: {str(exc)[:240]}",
+                "seconds": round(time.perf_counter() - t0, 1)}
     r = res.report
     skipped = collections.Counter(s["reason"].split(" (")[0][:90] for s in r.get("skipped_groups", []))
     partial = r.get("partial")

@@ -103,7 +103,7 @@ def _detect(headers: list, files: list[str], opts: ImageOptions) -> tuple[int, t
     sizes = collections.Counter((h[2], h[1]) for h in headers)  # (height, width)
     gray = all(m in GRAY_MODES for m in modes)
     if opts.channels is not None:
-        channels, said_c = opts.channels, f"{opts.channels} channel{'s' if opts.channels > 1 else ''} (--channels)"
+        channels, said_c = opts.channels, f"{opts.channels} channel{'s' if opts.channels > 1 else ''} (given)"
     else:
         channels = 1 if gray else 3
         kinds = ", ".join(f"{m} ×{n}" for m, n in modes.most_common(3))
@@ -111,7 +111,7 @@ def _detect(headers: list, files: list[str], opts: ImageOptions) -> tuple[int, t
     common, count = sizes.most_common(1)[0]
     if opts.image_size is not None:
         size = tuple(opts.image_size)
-        said_s = f"{size[0]}×{size[1]} (--image-size, resize policy {opts.resize})"
+        said_s = f"{size[0]}×{size[1]} (given, resize policy {opts.resize})"
     elif len(sizes) == 1:
         size = common
         said_s = f"{size[0]}×{size[1]} detected (every image), kept as is"
