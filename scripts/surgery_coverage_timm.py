@@ -40,6 +40,8 @@ def kill(model, shape, seed: int) -> None:
     inputs, calls = record_part_inputs(model, [torch.zeros(1, *shape)])
 
     def visit(name, module):
+        if next(module.parameters(), None) is None:
+            return
         rec = inputs.get(name)
         if rec and calls.get(name) == 1 and rec[0] is not None:
             try:
