@@ -107,7 +107,8 @@ def check_model_data(model: nn.Module, data, arch: dict | None = None, batch: in
         out = next(iter(out.values()))
     if not isinstance(out, torch.Tensor) or out.ndim < 2:
         raise DatasetError(f"model {name} returns {type(out).__name__} of shape "
-                           f"{tuple(getattr(out, 'shape', ()))}, not a batch of class scores; return logits (N, classes)")
+                           f"{tuple(getattr(out, 'shape', ()))}, not a batch of class scores; "
+                           "return logits (N, classes)")
     if out.shape[1] != data.num_classes:
         fix = classes_fix or f"pass --arch-kwargs '{{\"num_classes\": {data.num_classes}}}'"
         raise DatasetError(f"model {name} has {out.shape[1]} outputs but {data.name} has {data.num_classes} classes; "

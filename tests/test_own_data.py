@@ -165,8 +165,8 @@ def test_cli_train_lenet5_on_gray_folder_and_mismatch(tmp_path, capsys):
     assert ck["meta"]["input_shape"] == [1, 28, 28] and ck["meta"]["data_options"]["channels"] == 1
     assert ck["arch"]["kwargs"]["num_classes"] == 3
     capsys.readouterr()
-    rc = main(["-q", "train", "--arch", "lenet5", "--dataset", f"imagefolder:{tmp_path / 'digits'}", "--image-size", "32",
-               "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "x.pt")])
+    rc = main(["-q", "train", "--arch", "lenet5", "--dataset", f"imagefolder:{tmp_path / 'digits'}",
+               "--image-size", "32", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "x.pt")])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.count("\n") == 0 and err.startswith("error: model lenet5 does not fit")
     assert "expects input 1×28×28" in err and "1×32×32" in err and "--image-size 28" in err

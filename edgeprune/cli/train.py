@@ -17,7 +17,8 @@ def train(
     weights: Path = typer.Option(None, help="Initial weights from a local .safetensors or state_dict file (a head "
                                             "for another class count stays at initialization); never downloaded."),
     dataset: str = typer.Option("fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100 or imagefolder:PATH."),
-    image_size: str = typer.Option(None, help="Input size N or HxW (default: the data's own; image folders: detected)."),
+    image_size: str = typer.Option(None, help="Input size N or HxW (default: the data's own; image folders: "
+                                              "detected)."),
     channels: int = typer.Option(None, help="1 or 3 input channels (default: the data's own; image folders: 1 when "
                                             "every image is grayscale)."),
     resize: str = typer.Option("crop", help="Fitting images of another size: crop (scale the shorter side, "

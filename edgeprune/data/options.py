@@ -49,7 +49,8 @@ class ImageOptions:
         if self.std is not None and any(not s > 0 for s in self.std):
             raise DatasetError(f"--std values must be positive, got {list(self.std)}")
         if self.mean is not None and len(self.mean) != len(self.std):
-            raise DatasetError(f"--mean has {len(self.mean)} values but --std has {len(self.std)}; give one per channel")
+            raise DatasetError(f"--mean has {len(self.mean)} values but --std has {len(self.std)}; "
+                               "give one per channel")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ImageOptions":

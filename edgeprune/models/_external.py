@@ -86,8 +86,9 @@ def _import_file(path: Path):
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[mod_name]
-        raise ModelError(f"importing {path} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
-                         "fix the file or check that its own imports are installed") from None
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise ModelError(f"importing {path} failed ({type(exc).__name__}: {first}); fix the file or check that its "
+                         "own imports are installed") from None
     return module
 
 
@@ -156,8 +157,9 @@ def timm_builder(name: str) -> tuple[Callable[..., nn.Module], tuple[int, ...], 
         raise ModelError("timm is not installed; install the extra: pip install 'edgeprune[timm]'") from None
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:6]
-        raise ModelError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else
-                                                          "; list them with python -c 'import timm; print(timm.list_models())'"))
+        hint = (f"similar: {', '.join(close)}" if close
+                else "list them with python -c 'import timm; print(timm.list_models())'")
+        raise ModelError(f"unknown timm model {name!r}; {hint}")
     cfg = timm.get_pretrained_cfg(name) if hasattr(timm, "get_pretrained_cfg") else None
     input_size = tuple(getattr(cfg, "input_size", None) or (3, 224, 224))
     classes = int(getattr(cfg, "num_classes", None) or 1000)

@@ -183,7 +183,8 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
                 plans.append(plan_group(group, names, stats, outputs))
             except (IndexError, KeyError) as exc:
                 # The traced indices do not fit the layers (a reshape torch-pruning misread): not a usable graph.
-                raise TraceError(f"torch-pruning traced inconsistent channel indices at {names.get(group.items[0].dep.target.module, '?')} "
+                at = names.get(group.items[0].dep.target.module, "?")
+                raise TraceError(f"torch-pruning traced inconsistent channel indices at {at} "
                                  f"({type(exc).__name__}: {str(exc)[:120]})") from None
             progress.advance(task)
     # A grouped conv whose whole input group is proven zero emits its bias there: plan the groups it feeds again

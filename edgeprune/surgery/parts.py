@@ -156,6 +156,6 @@ def surgery_by_parts(masked: nn.Module, shape: tuple[int, ...], probe: list[torc
         "verification": verification,
     }
     log.warning("surgery: torch-pruning cannot trace the whole model (%s); cut inside %d traceable parts; "
-                "%d containers split into their children, %d parts kept dense", _short(reason), len(parts), len(untraced),
-                len(dense))
+                "%d containers split into their children, %d parts kept dense", _short(reason), len(parts),
+                len(untraced), len(dense))
     return work, parts, extra, kept_all

@@ -138,7 +138,8 @@ def replay(model: nn.Module, spec: dict) -> nn.Module:
         try:
             sub = model.get_submodule(part["scope"])
         except AttributeError:
-            raise CheckpointError(f"surgery part names module {part['scope']!r}, which the architecture lacks") from None
+            raise CheckpointError(f"surgery part names module {part['scope']!r}, which the architecture "
+                                  "lacks") from None
         replay(sub, part)
     return model.eval()
 

@@ -43,9 +43,10 @@ def output_difference(masked: nn.Module, slim: nn.Module, batches: list[torch.Te
                 isinstance(u, torch.Tensor) == isinstance(v, torch.Tensor)
                 and (not isinstance(u, torch.Tensor) or u.shape == v.shape) for (_, u), (_, v) in zip(a, b))
             if not same:
-                raise VerificationError(f"the slim model's outputs ({_describe(b)}) do not have the masked model's shapes "
-                                   f"({_describe(a)}); a channel that reaches a model output was removed — report "
-                                   "this with the model")
+                raise VerificationError(
+                    f"the slim model's outputs ({_describe(b)}) do not have the masked model's shapes "
+                    f"({_describe(a)}); a channel that reaches a model output was removed — report this with the "
+                    "model")
             for (path, u), (_, v) in zip(a, b):
                 rec = per.setdefault(path, {"output": path, "shape": list(u.shape) if isinstance(u, torch.Tensor)
                                             else None, "max_abs_diff": 0.0, "output_scale": 0.0})

@@ -322,9 +322,9 @@ def find_neuron_threshold(model: nn.Module, masks: Masks, groups: list[NeuronGro
 
 
 def traceable_neuron_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[NeuronGroup]:
-    """:func:`neuron_groups`, or — when torch-pruning cannot trace the whole model (ShuffleNetV2) — the groups inside
-    each part it can trace (the parts exact surgery cuts, see edgeprune.surgery.parts), named from the whole model.
-    A part keeps its output width, so its output layer's group is left out like a model's."""
+    """:func:`neuron_groups`, or — when torch-pruning cannot trace the whole model (ShuffleNetV2) — the groups
+    inside each part it can trace (the parts exact surgery cuts, see edgeprune.surgery.parts), named from the
+    whole model. A part keeps its output width, so its output layer's group is left out like a model's."""
     from ..surgery.parts import TraceError, input_fed_depthwise, record_part_inputs
 
     try:
