@@ -182,16 +182,15 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False) -> 
     """
     from . import distributed
     from .checkpoint import save_checkpoint
+    from .compat import check_model_data
     from .data import Batches, load_dataset
-    from .models import create_model
+    from .models import create_model, trust_code
+    from .models._external import is_reference
 
     out = Path(out)
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    from .compat import check_model_data
-    from .models import trust_code
-
-    if ":" in config.arch:
+    if is_reference(config.arch):
         trust_code(config.arch)  # the user named this code on the command line
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed, val_fraction=config.val_fraction,
                         download=config.download, options=config.data_options, workers=config.workers)
