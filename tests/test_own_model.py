@@ -228,3 +228,19 @@ def test_cli_train_timm_with_weights(tmp_path):
                        else ck["init_state_dict"]["conv1.weight"],
                        src.state_dict()["conv1.0.weight"] if "conv1.0.weight" in ck["init_state_dict"]
                        else src.state_dict()["conv1.weight"])
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--arch-kwargs", "{width: 3}"], "--arch-kwargs is not valid JSON"),
+    (["--arch-kwargs", "[1, 2]"], "must be a JSON object"),
+    (["--weights", "nowhere.safetensors"], "no such file"),
+    (["--arch", "timm:no_such_net_v9"], "unknown timm model"),
+    (["--channels", "2"], "--channels must be 1"),
+    (["--resize", "zoom"], "--resize must be one of"),
+])
+def test_cli_option_errors_are_one_line(tmp_path, capsys, args, match):
+    write_folder(tmp_path / "d", "L", counts={"train": (3, 3), "test": (1, 1)})
+    rc = main(["-q", "train", "--dataset", f"imagefolder:{tmp_path / 'd'}", "--epochs", "1", "--device", "cpu",
+               "--out", str(tmp_path / "x.pt"), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("error: ") and "\n" not in err and match in err
