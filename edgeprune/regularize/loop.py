@@ -30,8 +30,7 @@ from .._progress import make_progress
 from ..errors import CheckpointError, ConfigError
 from ..masks import apply_masks_, count_alive, full_masks, pin_
 from ..threshold import find_threshold
-from ..threshold.neurons import find_neuron_threshold, neuron_groups, neuron_macs, taylor_scores
-from ..threshold.neurons import traceable_neuron_groups
+from ..threshold.neurons import find_neuron_threshold, neuron_macs, taylor_scores, traceable_neuron_groups
 from .config import CompressConfig
 from .neurons import find_neurons, neuron_alive
 from .update import Regularizer
