@@ -255,3 +255,86 @@ def _load_trusted_pickle(p: Path, arch: str | dict | None, map_location) -> Load
         spec = arch_of(obj) or (normalize_arch(arch) if arch else None)
         return Loaded(obj, spec, {"trusted_pickle": True}, str(p))
     return _from_object(obj, p, arch)
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state_dict from a local file: ``.safetensors``, or anything ``torch.load(weights_only=True)`` reads that
+    holds one (a plain state_dict, an edgeprune checkpoint, ``{"state_dict": ...}``, ``{"model": ...}``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"--weights {p}: no such file")
+    if p.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CheckpointError("reading .safetensors needs the safetensors package: pip install "
+                                  "'edgeprune[timm]'") from None
+        try:
+            return load_file(str(p))
+        except Exception as exc:  # damaged headers raise several types
+            raise CheckpointError(f"{p} is not a readable safetensors file ({_first_line(exc)})") from None
+    kind = _sniff(p)
+    if kind in ("torchscript", "onnx", "corrupt"):
+        raise CheckpointError(f"--weights {p} is a {kind} file; give a state_dict (.pt/.pth) or .safetensors file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickled modules are refused here: weights only
+        raise CheckpointError(f"--weights {p} cannot be read as weights ({_first_line(exc)}); save "
+                              "model.state_dict() or use .safetensors") from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return obj["state_dict"]
+    if _is_state_dict(obj):
+        return obj
+    for key in ("state_dict", "model_state_dict", "model", "net", "state_dict_ema"):
+        if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
+            return obj[key]
+    raise CheckpointError(f"--weights {p} holds no state_dict edgeprune recognizes")
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load a local weights file into ``model`` (``module.`` prefixes of data-parallel saves are dropped).
+
+    Every tensor must match by name and shape, except the output layer's, which stays at initialization when its
+    shape differs (weights trained for another class count: fine-tuning). Anything else that does not match is one
+    CheckpointError naming the first mismatches."""
+    state = read_weights(path)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    own = model.state_dict()
+    head = _output_layer_keys(model)
+    skipped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape) and k in head]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape) and k not in head]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}")
+        if shapes:
+            parts.append(f"shape {', '.join(shapes[:2])}{'…' if len(shapes) > 2 else ''}")
+        name = (arch_of(model) or {}).get("name", type(model).__name__)
+        raise CheckpointError(f"--weights {path} does not fit {name} ({'; '.join(parts)}); check --arch and "
+                              "--arch-kwargs")
+    model.load_state_dict({k: (own[k] if k in skipped else v) for k, v in state.items()})
+    return {"loaded": len(state) - len(skipped), "skipped": skipped}
+
+
+def _output_layer_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier head (timm's ``get_classifier()``, else the last conv / linear)."""
+    head = None
+    getter = getattr(model, "get_classifier", None)
+    if callable(getter):
+        try:
+            head = getter()
+        except Exception:  # a model's own helper may fail on odd configs; fall back to the last layer
+            head = None
+    if not isinstance(head, nn.Module) or not list(head.parameters()):
+        layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
+        head = layers[-1] if layers else None
+    if head is None:
+        return set()
+    names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
+    return {names[id(t)] for t in head.state_dict(keep_vars=True).values() if id(t) in names}

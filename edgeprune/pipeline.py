@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from . import _io
-from .errors import CheckpointError, ConfigError, DatasetError
+from .errors import CheckpointError, ConfigError
 from .regularize.config import RESUMABLE_FIELDS, CompressConfig
 
 log = logging.getLogger(__name__)
@@ -128,18 +128,25 @@ def stage_load(ctx: RunContext) -> None:
             raise ConfigError(f"{source} does not record its dataset; pass --dataset NAME")
         if ctx.meta.get("dataset") and ctx.config.dataset and ctx.meta["dataset"] != ctx.config.dataset:
             log.warning("model was trained on %s, compressing with %s", ctx.meta["dataset"], ctx.config.dataset)
-        ctx.data = load_dataset(name, ctx.config.data_dir, seed=ctx.config.seed, val_fraction=ctx.config.val_fraction)
+        # The model was trained on images of a given size, channels and normalization: feed it the same.
+        ctx.data = load_dataset(name, ctx.config.data_dir, seed=ctx.config.seed, val_fraction=ctx.config.val_fraction,
+                                options=ctx.meta.get("data_options"))
     shape = tuple(ctx.data.input_shape)
     ctx.meta.setdefault("input_shape", list(shape))
-    out = _num_outputs(ctx.model, shape)
-    if out != ctx.data.num_classes:
-        raise DatasetError(f"the model has {out} outputs but {ctx.data.name} has {ctx.data.num_classes} classes")
+    _check_fit(ctx, source)
 
 
-def _num_outputs(model: nn.Module, shape) -> int:
-    model.eval()
-    with torch.no_grad():
-        return int(model(torch.zeros(1, *shape)).shape[1])
+def _check_fit(ctx: RunContext, source: str) -> None:
+    """One forward of one real batch before any training: a mismatch is one line naming the fix."""
+    from .compat import check_model_data
+
+    trained_on = ctx.meta.get("dataset") or "the dataset it was trained on"
+    check_model_data(ctx.model, ctx.data, getattr(ctx.model, "edgeprune_arch", None),
+                     classes_fix=f"compress {source} on {trained_on} (--dataset)",
+                     input_fix=lambda hint: f"compress it on {trained_on} (--dataset), or train a model for this data "
+                                            f"(edgeprune train: {hint.replace('pass ', '')})")
+    if ctx.data.options:
+        ctx.meta["data_options"] = ctx.data.options
 
 
 def stage_baseline(ctx: RunContext) -> None:

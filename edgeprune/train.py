@@ -121,8 +121,18 @@ class TrainConfig:
     data_dir: str | None = None
     val_fraction: float = 0.1
     download: bool = False
+    arch_kwargs: dict = dataclasses.field(default_factory=dict)
+    """Keyword arguments of the architecture's builder (``--arch-kwargs``); override the ones taken from the data."""
+    data_options: dict = dataclasses.field(default_factory=dict)
+    """Image size, channels, resize policy, normalization (see edgeprune.data.options.ImageOptions)."""
+    weights: str | None = None
+    """Initial weights from a local file (safetensors or a state_dict), e.g. a timm or torchvision model's."""
+    workers: int | None = None
+    """Image-folder decoding processes (None: automatic)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.arch_kwargs, dict):
+            raise ConfigError(f"--arch-kwargs must be a JSON object like '{{\"width\": 32}}', got {self.arch_kwargs!r}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if not self.lr > 0:
@@ -172,15 +182,28 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False) -> 
     """
     from . import distributed
     from .checkpoint import save_checkpoint
+    from .compat import check_model_data
     from .data import Batches, load_dataset
-    from .models import create_model
+    from .models import create_model, trust_code
+    from .models._external import is_reference
 
     out = Path(out)
     device = resolve_device(config.device)
     seed_everything(config.seed)
+    if is_reference(config.arch):
+        trust_code(config.arch)  # the user named this code on the command line
     data = load_dataset(config.dataset, config.data_dir, seed=config.seed, val_fraction=config.val_fraction,
-                        download=config.download)
-    model = create_model(config.arch, num_classes=data.num_classes, **_in_channels(config.arch, data.input_shape))
+                        download=config.download, options=config.data_options, workers=config.workers)
+    kwargs = {**_data_kwargs(config.arch, data.input_shape, data.num_classes), **config.arch_kwargs}
+    model = create_model(config.arch, **kwargs)
+    if config.weights:
+        from .checkpoint import load_weights
+
+        report = load_weights(model, config.weights)
+        log.info("initial weights from %s: %d tensors loaded%s", config.weights, report["loaded"],
+                 f", {', '.join(report['skipped'])} kept at initialization (shape differs: another class count)"
+                 if report["skipped"] else "")
+    check_model_data(model, data, model.edgeprune_arch)
     init_state = copy.deepcopy(model.state_dict())
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -228,6 +251,8 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False) -> 
     te = distributed.evaluate(model, data.test, 512, device, description="test")
     meta = {
         "dataset": config.dataset,
+        "data_options": data.options,
+        "classes": data.classes,
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
         "seed": config.seed,
@@ -246,19 +271,25 @@ def train(config: TrainConfig, out: str | os.PathLike, resume: bool = False) -> 
                                                         "train_seconds")}}
 
 
-def _in_channels(arch: str, input_shape: tuple[int, ...]) -> dict:
-    """Match the model's input channels to the dataset when the architecture takes ``in_channels``."""
+def _data_kwargs(arch: str, input_shape: tuple[int, ...], num_classes: int) -> dict:
+    """Match the model to the dataset where its builder takes the argument by name: class count, input channels
+    (``in_channels``, timm's ``in_chans``) or input features."""
     import inspect
 
     from .models import get_entry, normalize_arch
 
     entry = get_entry(normalize_arch(arch)["name"])
     params = inspect.signature(entry.builder).parameters
+    out: dict = {}
+    if "num_classes" in params:
+        out["num_classes"] = num_classes
     if len(input_shape) == 3 and "in_channels" in params:
-        return {"in_channels": input_shape[0]}
-    if "in_features" in params:
-        return {"in_features": math.prod(input_shape)}
-    return {}
+        out["in_channels"] = input_shape[0]
+    elif len(input_shape) == 3 and "in_chans" in params:
+        out["in_chans"] = input_shape[0]
+    elif "in_features" in params:
+        out["in_features"] = math.prod(input_shape)
+    return out
 
 
 def _save_resume(path, model, optimizer, scheduler, epoch, best, history, init_state, config) -> None:

@@ -218,7 +218,8 @@ def oneshot(baseline_path: str | os.PathLike, config: OneShotConfig, out: str | 
         masks = sparsity_masks(base.model, target)
         source = {}
 
-    data = load_dataset(dataset, config.data_dir, seed=int(base.meta.get("seed", 0)))
+    data = load_dataset(dataset, config.data_dir, seed=int(base.meta.get("seed", 0)),
+                        options=base.meta.get("data_options"))
     train_split = data.train
     if config.train_subset is not None and config.train_subset < len(train_split):
         g = torch.Generator().manual_seed(config.seed)

@@ -25,9 +25,16 @@ app.add_typer(analyze_app, name="analyze")
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    trust_code: list[str] = typer.Option(None, "--trust-code", help="Allow importing this user code named by a "
+                                         "checkpoint's architecture (package.module or file.py; repeatable). Importing "
+                                         "code runs it: only for code you trust."),
 ) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     setup_logging(level)
+    if trust_code:
+        from ..models import trust_code as allow
+
+        allow(*trust_code)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -87,6 +94,24 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if not shape or any(v < 1 for v in shape):
         raise ConfigError(f"--input-shape must be positive integers like 3,32,32, got {text!r}")
     return shape
+
+
+def parse_json_object(text: str | None, option: str) -> dict:
+    """A JSON object option (``--arch-kwargs '{"width": 32}'``); {} when not given."""
+    import json
+
+    from ..errors import ConfigError
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{option} is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}; "
+                          'write it like \'{"width": 32}\'') from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option} must be a JSON object like '{{\"width\": 32}}', got {text!r}")
+    return value
 
 
 def debug_enabled() -> bool:

@@ -31,7 +31,7 @@ def sensitivity_cmd(
     name = dataset or loaded.meta.get("dataset")
     if not name:
         raise ConfigError(f"{model} does not record its dataset; pass --dataset NAME")
-    data = load_dataset(name, str(data_dir) if data_dir else None)
+    data = load_dataset(name, str(data_dir) if data_dir else None, options=loaded.meta.get("data_options"))
     pops = sensitivity_populations(loaded.model, Batches(data.test, batch_size), batches, resolve_device(device))
     plot_populations(pops, out, title=f"{Path(model).name} on {name}")
     stats = {m: {k: {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()), "neurons": int(v.size)}

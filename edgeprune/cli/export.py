@@ -60,7 +60,7 @@ def _real_batch(meta: dict, n: int):
     try:
         from ..data import load_dataset
 
-        bundle = load_dataset(name)
+        bundle = load_dataset(name, options=meta.get("data_options"))
     except DatasetError as exc:
         logging.getLogger("edgeprune.export").info("validating on random inputs only: %s", exc)
         return None

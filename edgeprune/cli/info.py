@@ -23,11 +23,25 @@ def load_model_arg(path_or_arch: str, arch: str | None, trust_pickle: bool):
         if shape is None and loaded.arch is not None:
             shape = input_shape_of({"name": loaded.arch["name"], "kwargs": loaded.arch.get("kwargs", {})})
         return loaded.model, tuple(shape) if shape else None, loaded.meta
+    from ..errors import ModelError
+    from ..models import trust_code
+    from ..models._external import is_reference
+
+    if is_reference(path_or_arch):
+        trust_code(path_or_arch)  # named on the command line: an explicit act
     try:
         get_entry(normalize_arch(path_or_arch)["name"])
+    except ModelError as exc:
+        if is_reference(path_or_arch):
+            raise
+        raise CheckpointError(f"{p}: no such file (and not a zoo architecture name)") from exc
     except Exception:
         raise CheckpointError(f"{p}: no such file (and not a zoo architecture name)") from None
-    return create_model(path_or_arch), input_shape_of(path_or_arch), {}
+    try:
+        shape = input_shape_of(path_or_arch)
+    except ModelError:
+        shape = None  # user code: --input-shape says it
+    return create_model(path_or_arch), shape, {}
 
 
 @app.command()

@@ -10,10 +10,18 @@ import typer
 from ._app import app, echo, print_table
 
 
-def _real_batch(dataset: str, data_dir: Path | None, samples: int):
+def _real_batch(dataset: str, data_dir: Path | None, samples: int, masked: Path | None = None):
     from ..data import load_dataset
 
-    bundle = load_dataset(dataset, data_dir=data_dir)
+    options = None
+    if masked is not None and Path(masked).is_file():
+        import torch
+
+        try:  # the image options the model was trained with (size, channels, normalization)
+            options = torch.load(masked, map_location="cpu", weights_only=True).get("meta", {}).get("data_options")
+        except Exception:  # unreadable here: surgery_checkpoint reports it properly
+            options = None
+    bundle = load_dataset(dataset, data_dir=data_dir, options=options)
     return bundle.val.x[:samples]
 
 
@@ -32,7 +40,7 @@ def surgery(
     from ..surgery import SurgeryConfig, surgery_checkpoint
 
     config = SurgeryConfig(round_channels=round_channels, tolerance=tolerance)
-    batch = _real_batch(dataset, data_dir, config.probe_samples) if dataset else None
+    batch = _real_batch(dataset, data_dir, config.probe_samples, masked) if dataset else None
     result = surgery_checkpoint(masked, out, round_channels=config.round_channels, probe_batch=batch,
                                 tolerance=config.tolerance)
     report = result.report
@@ -54,6 +62,10 @@ def surgery(
     v = report["verification"]
     echo(f"verification: max |Δ| {v['max_abs_diff']:.3g} ({v['relative_diff']:.2g} of max |output| "
          f"{v['output_scale']:.3g}; tolerance {v['tolerance']:g})")
+    if report.get("partial"):
+        p = report["partial"]
+        echo(f"torch-pruning cannot cut the whole model ({p['reason']}): cut inside {len(p['parts_cut'])} parts, "
+             f"{len(p['split'])} modules split, {len(p['kept_dense'])} kept dense; see --json")
     if report["kept"]:
         echo(f"{len(report['kept'])} dead-looking channels kept (e.g. {report['kept'][0]['layer']}: "
              f"{report['kept'][0]['reason']}); see --json")

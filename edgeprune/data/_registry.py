@@ -46,6 +46,12 @@ class DataBundle:
     root: str
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     """Batched training-time augmentation (tensors in, tensors out), or None."""
+    options: dict | None = None
+    """The image options that produced these tensors (size, channels, resize, mean, std), recorded in checkpoints as
+    ``meta["data_options"]`` so later stages rebuild the same input; None: the dataset as published."""
+    classes: list[str] | None = None
+    detected: str = ""
+    """What was detected or computed (image folders), for the user."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,13 +141,26 @@ def load_dataset(
     seed: int = 0,
     val_fraction: float = 0.1,
     download: bool = False,
-    image_size: int | None = None,
+    image_size=None,
+    options: "ImageOptions | dict | None" = None,
+    workers: int | None = None,
 ) -> DataBundle:
-    """Find ``name`` on disk and return deterministic train / validation / test splits."""
+    """Find ``name`` on disk and return deterministic train / validation / test splits.
+
+    ``options`` (an :class:`~edgeprune.data.options.ImageOptions` or its dict, e.g. a checkpoint's
+    ``meta["data_options"]``) sets image size, channels, resize policy and normalization; ``image_size`` is a
+    shortcut for its size. ``workers``: decoding processes for image folders (default: automatic).
+    """
+    from .options import ImageOptions
+
+    opts = options if isinstance(options, ImageOptions) else ImageOptions.from_dict(options)
+    if image_size is not None:
+        opts = dataclasses.replace(opts, image_size=image_size)
     if name.startswith("imagefolder:"):
         from .imagefolder import load_imagefolder
 
-        return load_imagefolder(name.split(":", 1)[1], seed=seed, val_fraction=val_fraction, image_size=image_size)
+        return load_imagefolder(name.split(":", 1)[1], seed=seed, val_fraction=val_fraction, options=opts,
+                                workers=workers)
     entry = get_dataset_entry(name)
     roots = candidate_roots(entry, data_dir)
     folder = next((r for r in roots if r.is_dir() and entry.locate(r)), None)
@@ -162,16 +181,48 @@ def load_dataset(
             "pass --data-dir, or allow --download"
         )
     xtr, ytr, xte, yte = entry.read(folder)
-    train_all = TensorSplit(normalize(xtr, entry.mean, entry.std), ytr.long())
-    test = TensorSplit(normalize(xte, entry.mean, entry.std), yte.long())
+    mean, std, shape, recorded = entry.mean, entry.std, entry.input_shape, None
+    if opts != ImageOptions():
+        xtr, xte, mean, std, shape, recorded = _apply_options(entry, opts, xtr, xte)
+    train_all = TensorSplit(normalize(xtr, mean, std), ytr.long())
+    test = TensorSplit(normalize(xte, mean, std), yte.long())
     tr_idx, va_idx = split_train_val(len(train_all), seed, val_fraction)
     return DataBundle(
         name=name,
         train=train_all.subset(tr_idx),
         val=train_all.subset(va_idx),
         test=test,
-        input_shape=entry.input_shape,
+        input_shape=shape,
         num_classes=entry.num_classes,
         root=str(folder),
         augment=entry.augment,
+        options=recorded,
     )
+
+
+def _apply_options(entry: DatasetEntry, opts, xtr: torch.Tensor, xte: torch.Tensor):
+    """A built-in dataset resized / re-channelled / re-normalized as asked (uint8 in, uint8 out)."""
+    import logging
+
+    from .options import ImageOptions, fit_channels, fit_tensor
+
+    native_c, native_hw = entry.input_shape[0], tuple(entry.input_shape[1:])
+    channels = opts.channels or native_c
+    size = tuple(opts.image_size) if opts.image_size else native_hw
+    xtr = fit_tensor(fit_channels(xtr, channels), size, opts.resize)
+    xte = fit_tensor(fit_channels(xte, channels), size, opts.resize)
+    given = opts.stats_for(channels)
+    if given is not None:
+        mean, std = given
+    elif channels == native_c:
+        mean, std = entry.mean, entry.std
+    elif channels == 3:  # gray replicated: the same statistics on each channel
+        mean, std = entry.mean * 3, entry.std * 3
+    else:  # RGB → luma: the published statistics no longer apply
+        from .options import channel_stats
+
+        mean, std = channel_stats(xtr)
+    logging.getLogger(__name__).info("%s as %d×%d×%d (resize policy %s), normalization mean %s std %s", entry.name,
+                                     channels, size[0], size[1], opts.resize, list(mean), list(std))
+    recorded = ImageOptions(image_size=size, channels=channels, resize=opts.resize, mean=mean, std=std)
+    return xtr, xte, tuple(mean), tuple(std), (channels, *size), recorded.to_dict()

@@ -1,6 +1,7 @@
 """The model zoo: the papers' architectures by name, plus any torchvision classifier as ``torchvision:NAME``."""
 
 from . import alexnet, lenet, resnet_cifar, tiny, unet, vgg  # noqa: F401  (registration side effects)
+from ._external import TIMM_PREFIX, trust_code
 from ._registry import (
     TORCHVISION_PREFIX,
     ModelEntry,
@@ -13,6 +14,7 @@ from ._registry import (
 )
 
 __all__ = [
+    "TIMM_PREFIX",
     "TORCHVISION_PREFIX",
     "ModelEntry",
     "create_model",
@@ -21,4 +23,5 @@ __all__ = [
     "list_models",
     "normalize_arch",
     "register_model",
+    "trust_code",
 ]

@@ -60,14 +60,23 @@ def list_models(include_test: bool = False) -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
+    from ._external import TIMM_PREFIX, is_reference, reference_builder, timm_builder
+
     if name.startswith(TORCHVISION_PREFIX):
         return _torchvision_entry(name[len(TORCHVISION_PREFIX):])
+    if name.startswith(TIMM_PREFIX):
+        build, shape, classes = timm_builder(name[len(TIMM_PREFIX):])
+        return ModelEntry(name, build, shape, classes, f"timm {name[len(TIMM_PREFIX):]}")
+    if is_reference(name):
+        # Input shape and class count come from the data (and --arch-kwargs), not from a registry.
+        return ModelEntry(name, reference_builder(name), (), 0, f"user code {name}")
     try:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(list_models())
         raise ModelError(
-            f"unknown architecture {name!r}; choose one of: {known}, or torchvision:NAME (e.g. torchvision:resnet18)"
+            f"unknown architecture {name!r}; choose one of: {known}, torchvision:NAME (e.g. torchvision:resnet18), "
+            "timm:NAME, or your own code as package.module:factory or path/to/file.py:factory"
         ) from None
 
 
@@ -102,8 +111,12 @@ def input_shape_of(arch: str | dict[str, Any]) -> tuple[int, ...]:
     if "input_shape" in spec["kwargs"]:
         return tuple(spec["kwargs"]["input_shape"])
     entry = get_entry(spec["name"])
-    if "in_channels" in spec["kwargs"] and len(entry.input_shape) == 3:
-        return (int(spec["kwargs"]["in_channels"]),) + entry.input_shape[1:]
+    if not entry.input_shape:
+        raise ModelError(f"the input shape of {spec['name']!r} is not known to edgeprune; pass --input-shape "
+                         "(e.g. 3,32,32) or use a checkpoint that records it")
+    for key in ("in_channels", "in_chans"):
+        if key in spec["kwargs"] and len(entry.input_shape) == 3:
+            return (int(spec["kwargs"][key]),) + entry.input_shape[1:]
     return entry.input_shape
 
 

@@ -30,7 +30,7 @@ from .._progress import make_progress
 from ..errors import CheckpointError, ConfigError
 from ..masks import apply_masks_, count_alive, full_masks, pin_
 from ..threshold import find_threshold
-from ..threshold.neurons import find_neuron_threshold, neuron_groups, neuron_macs, taylor_scores
+from ..threshold.neurons import find_neuron_threshold, neuron_macs, taylor_scores, traceable_neuron_groups
 from .config import CompressConfig
 from .neurons import find_neurons, neuron_alive
 from .update import Regularizer
@@ -169,7 +169,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     if parallel:
         distributed.broadcast_parameters_(model)
     ng = find_neurons(model)
-    groups = neuron_groups(model, tuple(data.input_shape)) if config.prune in ("neurons", "both") else []
+    groups = traceable_neuron_groups(model, tuple(data.input_shape)) if config.prune in ("neurons", "both") else []
     score_batches = Batches(data.val, 500)  # the loss-based neuron score reads the validation split
     costs = neuron_macs(model, groups, tuple(data.input_shape)) if groups and config.neuron_cost == "macs" else None
     # Under torchrun each rank takes its slice of every global batch (config.batch_size stays the global batch).

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, SurgeryError
+from .parts import TraceError
+from .verify import VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +127,19 @@ def surgery(
     modes = [(m, m.training) for m in model.modules()]
     try:
         # The input serves as the masked reference: read only, in eval mode for the duration.
-        return _surgery(model.eval(), shape, round_channels, probe_batch, tolerance, t0)
+        try:
+            return _surgery(model.eval(), shape, round_channels, probe_batch, tolerance, t0)
+        except (TraceError, VerificationError) as exc:
+            # Untraceable (e.g. ShuffleNetV2's channel shuffle), or traced wrongly (the cut did not verify, e.g.
+            # GhostNet's slice of a concatenation): cut the parts that trace and verify, keep the rest dense.
+            return _surgery_partial(model.eval(), shape, round_channels, probe_batch, tolerance, t0, str(exc))
     finally:
         for m, training in modes:
             m.training = training
 
 
 def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | None, probe_batch, tolerance: float,
-             t0: float) -> SurgeryResult:
+             t0: float, fixed_roots: frozenset[str] = frozenset()) -> SurgeryResult:
     from .._progress import make_progress
     from ..summary import summarize
     from .detect import CONSUMERS, probe_inputs
@@ -168,10 +175,17 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
     groups, plans = [], []
     with make_progress() as progress:
         task = progress.add_task("surgery: grouping", total=None, info="")
-        for group in dg.get_all_groups(ignored_layers=[work.get_submodule(output_layer)],
+        ignored = [work.get_submodule(output_layer)] + [work.get_submodule(n) for n in sorted(fixed_roots)]
+        for group in dg.get_all_groups(ignored_layers=ignored,
                                        root_module_types=(tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
             groups.append(group)
-            plans.append(plan_group(group, names, stats, outputs))
+            try:
+                plans.append(plan_group(group, names, stats, outputs))
+            except (IndexError, KeyError) as exc:
+                # The traced indices do not fit the layers (a reshape torch-pruning misread): not a usable graph.
+                at = names.get(group.items[0].dep.target.module, "?")
+                raise TraceError(f"torch-pruning traced inconsistent channel indices at {at} "
+                                 f"({type(exc).__name__}: {str(exc)[:120]})") from None
             progress.advance(task)
     # A grouped conv whose whole input group is proven zero emits its bias there: plan the groups it feeds again
     # with that evidence, until no new zero input appears (each pass can only add evidence downstream).
@@ -260,6 +274,63 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
     }
     log.info("surgery: %d channels removed, params %d → %d, max |Δ| %.3g", report["channels_removed"],
              before.params_total, after.params_total, verification["max_abs_diff"])
+    return SurgeryResult(work, report, removed)
+
+
+def _cut_part(module: nn.Module, shape: tuple[int, ...], real, round_channels, tolerance: float) -> SurgeryResult:
+    """Traced surgery of one part of a model; its steps come back as the part's arch spec."""
+    from .parts import input_fed_depthwise
+
+    param = next(module.parameters())
+    fixed = input_fed_depthwise(module.eval(), torch.zeros((1, *shape), dtype=param.dtype, device=param.device))
+    module.edgeprune_arch = {"name": "part", "kwargs": {}}
+    try:
+        return _surgery(module.eval(), shape, round_channels, real, tolerance, time.perf_counter(), frozenset(fixed))
+    finally:
+        del module.edgeprune_arch
+
+
+def _surgery_partial(masked: nn.Module, shape: tuple[int, ...], round_channels: int | None, probe_batch,
+                     tolerance: float, t0: float, reason: str) -> SurgeryResult:
+    from ..summary import summarize
+    from .parts import surgery_by_parts
+    from .replay import merge_specs
+
+    param = next(masked.parameters(), None)
+    if param is None:
+        raise SurgeryError("the model has no parameters; nothing to cut")
+    probe = _random_batches(shape, param.device, param.dtype, 1234, None)
+    check = _random_batches(shape, param.device, param.dtype, 4321, None)
+    real = _random_batches(shape, param.device, param.dtype, 0, probe_batch)[2] if probe_batch is not None else None
+    work, parts, extra, kept = surgery_by_parts(masked, shape, probe, check, real, round_channels, tolerance, reason,
+                                                _cut_part)
+    sizes = {n: _out_size(masked.get_submodule(n)) for n in kept}
+    removed = {n: sorted(set(range(sizes[n])) - set(k)) for n, k in kept.items()}
+    spec = {"version": 3, "input_shape": list(shape), "bias_added": [], "steps": [], "parts": parts}
+    arch = getattr(masked, "edgeprune_arch", None)
+    if arch is not None:
+        work.edgeprune_arch = {**copy.deepcopy(arch), "surgery": merge_specs(arch.get("surgery"), spec)}
+    before, after = summarize(masked, shape), summarize(work, shape)
+    report = {
+        "input_shape": list(shape),
+        "round_channels": round_channels,
+        "real_samples": int(len(real)) if real is not None else 0,
+        "output_layer": None,
+        "layers": _layer_table(before, after),
+        "params_before": before.params_total,
+        "params_after": after.params_total,
+        "macs_before": before.macs,
+        "macs_after": after.macs,
+        "neurons_before": before.neurons,
+        "neurons_after": after.neurons,
+        "folded": {},
+        **extra,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "graph_seconds": None,
+    }
+    log.info("surgery by parts: %d channels removed in %d parts, params %d → %d, max |Δ| %.3g",
+             report["channels_removed"], len(parts), before.params_total, after.params_total,
+             report["verification"]["max_abs_diff"])
     return SurgeryResult(work, report, removed)
 
 

@@ -20,9 +20,11 @@ import torch.nn as nn
 
 from ..errors import CheckpointError, SurgeryError
 from .fold import add_zero_biases
+from .parts import TraceError
 
-SPEC_VERSION = 2
-"""1: torch-pruning steps only; 2: adds ``cut_conv_groups`` steps. Specs without them are still written as 1."""
+SPEC_VERSION = 3
+"""1: torch-pruning steps only; 2: adds ``cut_conv_groups`` steps; 3: adds ``parts`` (surgery inside the traceable
+sub-modules of a model torch-pruning cannot trace whole). Specs without them are still written as 1 or 2."""
 CUT_GROUPS = "cut_conv_groups"
 
 
@@ -45,7 +47,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]):
                                                        output_transform=keep_outputs)
     except Exception as exc:  # tracing runs arbitrary model code; any failure means "cannot group this model"
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise SurgeryError(f"torch-pruning could not trace the model on input {tuple(input_shape)} ({first}); "
+        raise TraceError(f"torch-pruning could not trace the model on input {tuple(input_shape)} ({first}); "
                            "check the input shape, or keep this model dense") from None
     out_fns = {t.grad_fn for t in _tensor_leaves(seen[0] if seen else None) if t.grad_fn is not None}
     dg.edgeprune_outputs = {node for node in dg.module2node.values() if node.grad_fn in out_fns}
@@ -128,11 +130,17 @@ def replay(model: nn.Module, spec: dict) -> nn.Module:
     if not isinstance(spec, dict) or spec.get("version", 0) > SPEC_VERSION or "steps" not in spec:
         raise CheckpointError("the checkpoint's surgery section is unreadable or from a newer edgeprune; upgrade")
     add_zero_biases(model, list(spec.get("bias_added", [])))
-    if not spec["steps"]:
-        return model.eval()
-    dg = build_graph(model, tuple(spec["input_shape"]))
-    for name, fn, idxs in spec["steps"]:
-        apply_step(dg, model, name, fn, idxs)
+    if spec["steps"]:
+        dg = build_graph(model, tuple(spec["input_shape"]))
+        for name, fn, idxs in spec["steps"]:
+            apply_step(dg, model, name, fn, idxs)
+    for part in spec.get("parts", []):
+        try:
+            sub = model.get_submodule(part["scope"])
+        except AttributeError:
+            raise CheckpointError(f"surgery part names module {part['scope']!r}, which the architecture "
+                                  "lacks") from None
+        replay(sub, part)
     return model.eval()
 
 
@@ -145,4 +153,5 @@ def merge_specs(old: dict | None, new: dict) -> dict:
         "input_shape": new["input_shape"],
         "bias_added": list(dict.fromkeys(list(old.get("bias_added", [])) + list(new["bias_added"]))),
         "steps": list(old["steps"]) + list(new["steps"]),
+        **({"parts": list(old.get("parts", [])) + list(new["parts"])} if old.get("parts") or new.get("parts") else {}),
     }

@@ -9,6 +9,12 @@ import torch.nn as nn
 from ..errors import SurgeryError
 from .detect import CONSUMERS
 
+
+
+class VerificationError(SurgeryError):
+    """The slim model does not compute what the masked one does: the cut was wrong, and it is not kept."""
+
+
 _CHANNEL_LAYERS = CONSUMERS + (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.PReLU)
 
 
@@ -37,9 +43,10 @@ def output_difference(masked: nn.Module, slim: nn.Module, batches: list[torch.Te
                 isinstance(u, torch.Tensor) == isinstance(v, torch.Tensor)
                 and (not isinstance(u, torch.Tensor) or u.shape == v.shape) for (_, u), (_, v) in zip(a, b))
             if not same:
-                raise SurgeryError(f"the slim model's outputs ({_describe(b)}) do not have the masked model's shapes "
-                                   f"({_describe(a)}); a channel that reaches a model output was removed — report "
-                                   "this with the model")
+                raise VerificationError(
+                    f"the slim model's outputs ({_describe(b)}) do not have the masked model's shapes "
+                    f"({_describe(a)}); a channel that reaches a model output was removed — report this with the "
+                    "model")
             for (path, u), (_, v) in zip(a, b):
                 rec = per.setdefault(path, {"output": path, "shape": list(u.shape) if isinstance(u, torch.Tensor)
                                             else None, "max_abs_diff": 0.0, "output_scale": 0.0})
@@ -106,7 +113,7 @@ def verify(masked: nn.Module, slim: nn.Module, batches: list[torch.Tensor], kept
         bad = diverging_layers(masked, slim, batches[0], kept, tolerance)
         where = ", ".join(bad[:4]) if bad else "no single layer (accumulated error)"
         name = f" {worst['output']}" if len(outputs) > 1 else ""
-        raise SurgeryError(
+        raise VerificationError(
             f"the slim model's output{name} differs from the masked model's by {worst['max_abs_diff']:.3g} "
             f"({rel:.2g} of the output scale, tolerance {tolerance:g}); first diverging layers: {where}. A channel "
             "was removed that is not dead — report this with the model"

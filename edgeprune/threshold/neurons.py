@@ -319,3 +319,51 @@ def find_neuron_threshold(model: nn.Module, masks: Masks, groups: list[NeuronGro
         per_group[groups[g].root] = per_group.get(groups[g].root, 0) + 1
     return NeuronThreshold(neuron_masks(groups, masks, [(g, r) for _, g, r in chosen]), k, chosen[-1][0],
                            value, evals, per_group)
+
+
+def traceable_neuron_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[NeuronGroup]:
+    """:func:`neuron_groups`, or — when torch-pruning cannot trace the whole model (ShuffleNetV2) — the groups
+    inside each part it can trace (the parts exact surgery cuts, see edgeprune.surgery.parts), named from the
+    whole model. A part keeps its output width, so its output layer's group is left out like a model's."""
+    from ..surgery.parts import TraceError, input_fed_depthwise, record_part_inputs
+
+    try:
+        return neuron_groups(model, input_shape)
+    except TraceError as exc:
+        reason = str(exc)
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros((1, *input_shape), dtype=param.dtype, device=param.device)
+        inputs, calls = record_part_inputs(model, [x])
+    finally:
+        model.train(was_training)
+    groups: list[NeuronGroup] = []
+
+    def prefixed(g: NeuronGroup, scope: str) -> NeuronGroup:
+        return NeuronGroup(f"{scope}.{g.root}", g.size,
+                           [(f"{scope}.{n}", k, r, i) for n, k, r, i in g.members],
+                           [(f"{scope}.{n}", d, r, i) for n, d, r, i in g.params],
+                           [(f"{scope}.{n}", r, i) for n, r, i in g.consumers])
+
+    def visit(name: str, module: nn.Module) -> None:
+        recorded = inputs.get(name)
+        if recorded and calls.get(name) == 1 and recorded[0] is not None:
+            try:
+                part = neuron_groups(module, tuple(recorded[0].shape[1:]))
+                fixed = input_fed_depthwise(module, torch.zeros_like(recorded[0]))
+                groups.extend(prefixed(g, name) for g in part if not any(n in fixed for n, *_ in g.members))
+                return
+            except TraceError:
+                pass
+        for child, sub in module.named_children():
+            if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in sub.modules()):
+                visit(f"{name}.{child}", sub)
+
+    for child, sub in model.named_children():
+        if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in sub.modules()):
+            visit(child, sub)
+    log.warning("neuron groups: torch-pruning cannot trace the whole model (%s); %d groups inside its traceable "
+                "parts, the channels between them stay", reason.split(" (")[0], len(groups))
+    return groups
