@@ -3,6 +3,8 @@ options on built-in datasets, and the one-line error when model and data disagre
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -171,3 +173,17 @@ def test_cli_train_lenet5_on_gray_folder_and_mismatch(tmp_path, capsys):
     assert rc == 1 and err.count("\n") == 0 and err.startswith("error: model lenet5 does not fit")
     assert "expects input 1×28×28" in err and "1×32×32" in err and "--image-size 28" in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_export_int8_reads_the_checkpoint_dataset_with_its_recorded_options(tmp_path):
+    """32×32 gray images trained at --image-size 28: the INT8 calibration and gate read the folder as trained."""
+    write_folder(tmp_path / "digits", "L", sizes=((32, 32),), counts={"train": (20, 15, 25), "test": (5, 4, 6)})
+    base = tmp_path / "base.pt"
+    assert main(["-q", "train", "--arch", "lenet5", "--dataset", f"imagefolder:{tmp_path / 'digits'}",
+                 "--image-size", "28", "--epochs", "1", "--batch-size", "16", "--device", "cpu",
+                 "--out", str(base)]) == 0
+    out = tmp_path / "export"
+    assert main(["-q", "export", str(base), "--format", "onnx", "--out", str(out), "--quantize", "int8",
+                 "--calibration-samples", "32", "--keep-int8"]) == 0
+    record = json.loads((out / "base.int8.json").read_text())
+    assert record["test_samples"] == 15 and (out / "base.int8.onnx").exists()

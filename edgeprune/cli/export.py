@@ -167,7 +167,10 @@ def _export_int8(net, config: ExportConfig, stem: str, shape, meta: dict, qconfi
                           "accuracy gate); the checkpoint records none: pass --dataset NAME")
     from ..data import load_dataset
 
-    return export_int8(net, config.out, stem, shape, load_dataset(name), qconfig, ort="ort" in config.formats,
+    # The checkpoint's own dataset is read as it was trained (image size, channels, statistics).
+    options = meta.get("data_options") if name == meta.get("dataset") else None
+    return export_int8(net, config.out, stem, shape, load_dataset(name, options=options), qconfig,
+                       ort="ort" in config.formats,
                        opset=config.opset)
 
 
