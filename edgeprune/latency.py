@@ -349,3 +349,60 @@ def _profile_adb(model, variants, labels, shape, *, runs, warmup, threads, seed,
     if missing or "dense" not in medians:
         raise BenchError(f"the phone run returned no timing for {len(missing)} of the variants; rerun the profile")
     return result, medians
+
+
+# --- predicted vs measured ------------------------------------------------------------------------------------------
+
+
+def target_ms(table: LatencyTable, target_latency: float | None, target_speedup: float | None) -> float | None:
+    """The latency target in ms: ``target_latency``, or the table's dense latency ÷ ``target_speedup``."""
+    if target_latency is not None:
+        return float(target_latency)
+    if target_speedup is not None:
+        return table.baseline_ms / float(target_speedup)
+    return None
+
+
+def latency_check(table: LatencyTable, slim: nn.Module, input_shape: Sequence[int], run_dir: str | Path,
+                  config, runs: int = 500) -> dict:
+    """The shipped model's predicted latency from ``table`` and, for a table profiled on this machine, its latency
+    measured against the run's baseline in one alternating bench run (ONNX Runtime, the table's threads), with the
+    prediction error ``predicted ÷ measured − 1``. ``error_scaled`` compares the predicted speedup with the
+    measured one instead (the prediction scaled to today's dense measurement: robust to a machine whose load
+    changed since the profile)."""
+    widths = widths_of_module(slim, input_shape)
+    predicted = table.predict(widths)
+    target = target_ms(table, config.target_latency, config.target_speedup)
+    info: dict = {"table": str(config.latency_table), "device": table.protocol.get("device"),
+                  "table_dense_ms": table.baseline_ms, "predicted_ms": predicted,
+                  "predicted_speedup": table.baseline_ms / predicted, "widths": widths, "target_ms": target,
+                  "predicted_meets_target": None if target is None else predicted <= target + 1e-12}
+    if table.protocol.get("device") != "cpu":
+        return info
+    from .bench import ModelSource, bench_models
+    from .checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    shape = tuple(int(s) for s in input_shape)
+    if (run_dir / "baseline.onnx").is_file():
+        dense = ModelSource(run_dir / "baseline.onnx", label="baseline", role="baseline", input_shape=shape)
+    else:
+        dense = ModelSource(module=load_checkpoint(run_dir / "baseline.pt").model.eval(), label="baseline",
+                            role="baseline", input_shape=shape)
+    if (run_dir / "model.onnx").is_file():
+        model = ModelSource(run_dir / "model.onnx", label="slim", input_shape=shape)
+    else:
+        model = ModelSource(module=slim.eval(), label="slim", input_shape=shape)
+    res = bench_models([dense, model], runtime="onnxruntime", runs=runs, warmup=int(table.protocol.get("warmup", 20)),
+                       threads=int(table.protocol.get("threads") or 1), input_shape=shape, progress=False,
+                       warmup_seconds=float(table.protocol.get("warmup_seconds", 0.2)))
+    d, s = res.models[0], res.models[1]
+    sp = s.speedup or {}
+    info["measured"] = {
+        "dense_ms": d.stats["median_ms"], "slim_ms": s.stats["median_ms"], "speedup": sp.get("median"),
+        "speedup_ci95": (sp.get("ci95") or {}).get("median"), "runs": runs,
+        "error": predicted / s.stats["median_ms"] - 1.0,
+        "error_scaled": d.stats["median_ms"] / info["predicted_speedup"] / s.stats["median_ms"] - 1.0,
+        "load_average": res.device.get("load_average"),
+    }
+    return info
