@@ -43,6 +43,8 @@ def profile(
         fr = tuple(float(v) for v in fractions.split(",") if v.strip())
     except ValueError:
         raise ConfigError(f"--fractions must be comma-separated numbers in (0, 1), got {fractions!r}") from None
+    if not fr or any(not 0 < f < 1 for f in fr):
+        raise ConfigError(f"--fractions must be numbers in (0, 1), e.g. 0.75,0.5,0.25; got {fractions!r}")
     loaded = load_checkpoint(model)
     shape = parse_shape(input_shape) or loaded.meta.get("input_shape")
     if not shape:
