@@ -406,3 +406,30 @@ def latency_check(table: LatencyTable, slim: nn.Module, input_shape: Sequence[in
         "load_average": res.device.get("load_average"),
     }
     return info
+
+
+def latency_penalty_weights(table: LatencyTable, groups, masks, model: nn.Module) -> dict[str, torch.Tensor]:
+    """``--latency-penalty``: layer → per-neuron factor on SeReNe's λ, ``c_n / mean(c)`` where ``c_n`` is the
+    marginal latency of the neuron's group at its current width and the mean runs over the alive neurons of all
+    groups (so the average λ stays λ). Every Conv / Linear member of a group gets its group's factor on the neuron's
+    output channel; layers outside any group (the output layer) keep factor 1."""
+    from .threshold.neurons import group_alive
+
+    costs, alive_counts = [], []
+    for g in groups:
+        alive = group_alive(g, masks)
+        costs.append(table.marginal(g.root, int(alive.sum())))
+        alive_counts.append(int(alive.sum()))
+    total = sum(alive_counts)
+    mean = sum(c * n for c, n in zip(costs, alive_counts)) / total if total else 1.0
+    modules = dict(model.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    for g, c in zip(groups, costs):
+        for name, kind, _, midx in g.members:
+            if kind != "layer":
+                continue
+            mod = modules[name]
+            n = getattr(mod, "out_channels", getattr(mod, "out_features", None))
+            w = out.setdefault(name, torch.ones(int(n), dtype=torch.float64))
+            w[midx] = c / mean
+    return out

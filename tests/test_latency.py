@@ -199,9 +199,10 @@ def test_compress_stops_at_the_latency_target_and_reports_predicted_vs_measured(
     assert m["slim_ms"] > 0 and m["dense_ms"] > 0 and m["runs"] == 500
     assert m["error"] == pytest.approx(lat["predicted_ms"] / m["slim_ms"] - 1)
     assert summary["met_target"] and summary["val_accuracy"] >= summary["target_val_accuracy"]
-    # Without a target the same ranking prunes as far as the loss / accuracy allow: more than 3 neurons.
-    free = run_compress(base, tmp_path / "free", _config(neuron_cost=f"latency:{path}", **easy), data=data,
-                        options=StageOptions(export_formats=(), report=False))
+    # Without a target the same ranking (here with the latency-weighted penalty too) prunes as far as the loss and
+    # the accuracy allow: more than 3 neurons.
+    free = run_compress(base, tmp_path / "free", _config(neuron_cost=f"latency:{path}", latency_penalty=True, **easy),
+                        data=data, options=StageOptions(export_formats=(), report=False))
     assert free["latency"]["predicted_ms"] < 0.5 - 3e-3
 
 
@@ -235,3 +236,35 @@ def test_bad_profile_options_and_a_foreign_table_are_clear_errors(bn_setup, tmp_
     with pytest.raises(ConfigError, match="profiled for other layers"):
         run_compress(base, tmp_path / "run", _config(neuron_cost=f"latency:{tmp_path / 'lenet.json'}", max_epochs=1),
                      data=data, options=StageOptions(export_formats=(), report=False))
+
+
+def test_latency_penalty_weights_follow_the_documented_rule():
+    """λ_n = λ·c_n / mean(c) over the alive prunable neurons: the factors average 1 over those neurons, the output
+    layer keeps λ, and SeReNe's update shrinks each neuron by exactly 1 − λ·w_n·S̄_n."""
+    from edgeprune.latency import latency_penalty_weights
+    from edgeprune.regularize.neurons import find_neurons
+    from edgeprune.regularize.update import insensitivity, serene_update_
+
+    m = create_model("lenet5")
+    groups = neuron_groups(m, (1, 28, 28))
+    per = {g.root: k for g, k in zip(groups, (1e-2, 1e-3, 1e-4))}
+    table = _hand_table(groups, per)
+    w = latency_penalty_weights(table, groups, full_masks(m), m)
+    sizes = {g.root: g.size for g in groups}
+    mean = sum(per[r] * sizes[r] for r in per) / sum(sizes.values())
+    for g in groups:
+        assert torch.allclose(w[g.root], torch.full((g.size,), per[g.root] / mean, dtype=torch.float64))
+    assert sum(float(w[r].sum()) for r in per) == pytest.approx(sum(sizes.values()))
+    ng = find_neurons(m)
+    out_layer = next(nl for nl in ng.layers if nl.is_output)
+    assert out_layer.name not in w
+    sens = {nl.name: torch.rand(nl.num_neurons) for nl in ng.layers}
+    before = {nl.name: nl.layer.weight.detach().clone() for nl in ng.layers}
+    serene_update_(ng.layers, sens, 0.1, w)
+    for nl in ng.layers:
+        factor = w.get(nl.name, torch.ones(nl.num_neurons, dtype=torch.float64)).float()
+        keep = 1 - 0.1 * insensitivity(sens[nl.name]) * factor
+        expect = before[nl.name] * keep.view(-1, *([1] * (before[nl.name].dim() - 1)))
+        assert torch.allclose(nl.layer.weight.detach(), expect, atol=1e-7)
+    with pytest.raises(ConfigError, match="latency-penalty"):
+        _config(latency_penalty=True)

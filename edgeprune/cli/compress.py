@@ -42,6 +42,8 @@ def compress(
                                                     "the accuracy target still holds."),
     target_speedup: float = typer.Option(None, help="Stop pruning at this predicted speedup over the table's dense "
                                                     "latency; the accuracy target still holds."),
+    latency_penalty: bool = typer.Option(None, "--latency-penalty/--no-latency-penalty",
+                                         help="Weight SeReNe's λ per neuron by its marginal latency (the table's)."),
     final_step: bool = typer.Option(None, "--final-step/--no-final-step",
                                     help="At the end, one more bisection under the accuracy target (default on)."),
     conv_sensitivity: str = typer.Option(None, help="Conv filter sensitivity over positions: mean (default, as the "
@@ -89,7 +91,8 @@ def compress(
                           prune=prune, neuron_score=neuron_score, neuron_cost=neuron_cost, final_step=final_step,
                           conv_sensitivity=conv_sensitivity,
                           latency_table=str(latency_table) if latency_table else None,
-                          target_latency=target_latency, target_speedup=target_speedup)
+                          target_latency=target_latency, target_speedup=target_speedup,
+                          latency_penalty=latency_penalty)
         with distributed.session(cfg.device):
             summary = run_compress(model, out, cfg, options=options)
             main = distributed.is_main()

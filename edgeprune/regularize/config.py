@@ -19,7 +19,8 @@ NEURON_SCORES = ("taylor", "norm", "gamma")
 # Fields added after the first runs, with the value those runs used: resuming a run recorded without the field
 # continues it the way it started (a missing field in a user's --config file gets today's default instead).
 LEGACY_DEFAULTS = {"prune": "weights", "final_step": False, "conv_sensitivity": "sum", "neuron_score": "norm",
-                   "neuron_cost": "none", "latency_table": None, "target_latency": None, "target_speedup": None}
+                   "neuron_cost": "none", "latency_table": None, "target_latency": None, "target_speedup": None,
+                   "latency_penalty": False}
 
 # Fields that may change when a run is resumed (budgets and where it runs); everything else must match.
 RESUMABLE_FIELDS = ("max_epochs", "max_minutes", "device")
@@ -78,6 +79,9 @@ class CompressConfig:
     """Stop pruning once the predicted latency (ms, on the table's device) is at or below this."""
     target_speedup: float | None = None
     """Stop pruning once the table's dense latency ÷ the predicted latency reaches this."""
+    latency_penalty: bool = False
+    """Weight SeReNe's penalty per neuron by its marginal latency from the latency table (λ_n = λ·c_n / mean c over
+    the prunable neurons; output-layer neurons keep λ): expensive neurons are pushed to zero harder."""
     final_step: bool = True
     """When the budget ends, or a threshold step missed the accuracy target, run one last bisection on the best
     network constrained by the accuracy target itself, so the run returns the most pruned network meeting it."""
@@ -131,6 +135,9 @@ class CompressConfig:
         if (self.target_latency is not None or self.target_speedup is not None) and self.latency_table is None:
             raise ConfigError("a latency target needs a latency table: --neuron-cost latency:TABLE or --latency-table "
                               "TABLE (make one with `edgeprune profile MODEL --out TABLE`)")
+        if self.latency_penalty and (self.latency_table is None or not self.method.startswith("serene-")):
+            raise ConfigError("--latency-penalty weights SeReNe's λ by a latency table: give --neuron-cost "
+                              "latency:TABLE or --latency-table TABLE with a serene-* method")
         if self.latency_table is not None and self.prune == "weights":
             raise ConfigError("a latency table steers neuron pruning; use it with --prune neurons or both")
 

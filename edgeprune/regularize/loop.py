@@ -30,7 +30,7 @@ from .._progress import make_progress
 from ..errors import CheckpointError, ConfigError
 from ..masks import apply_masks_, count_alive, full_masks, pin_
 from ..threshold import find_threshold
-from ..latency import neuron_latency_costs
+from ..latency import latency_penalty_weights, neuron_latency_costs
 from ..threshold.neurons import find_neuron_threshold, neuron_groups, neuron_macs, taylor_scores
 from .config import CompressConfig
 from .neurons import find_neurons, neuron_alive
@@ -247,6 +247,8 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
                 st.done = reason
                 break
             train_b.set_epoch(st.epoch)
+            if table is not None and config.latency_penalty:
+                reg.neuron_weights = latency_penalty_weights(table, groups, masks, model)
             tr = regularize_epoch(stepper, train_b, optimizer, reg, device,
                                   description=f"epoch {st.epoch + 1} (cycle {st.cycle + 1})")
             va = val_eval()
