@@ -268,3 +268,25 @@ def test_latency_penalty_weights_follow_the_documented_rule():
         assert torch.allclose(nl.layer.weight.detach(), expect, atol=1e-7)
     with pytest.raises(ConfigError, match="latency-penalty"):
         _config(latency_penalty=True)
+
+
+# --- on a phone -------------------------------------------------------------------------------------------------------
+
+from adb_loopback.fixtures import adb_home, device, make_device, private_home  # noqa: E402,F401
+
+
+def test_profile_on_an_adb_device_records_the_phone(bn_setup, device, tmp_path, capsys):  # noqa: F811
+    """`edgeprune profile --device adb` over the real ADB wire protocol (loopback device): every variant timed by
+    the phone runner in one alternating run, the table carrying the phone's device record."""
+    _, base = bn_setup
+    out = tmp_path / "phone.json"
+    rc = main(["profile", str(base), "--out", str(out), "--device", "adb", "--serial", device.serial,
+               "--runner", "python-ort", "--fractions", "0.5", "--runs", "4", "--warmup", "1",
+               "--cooldown-seconds", "0", "--input-shape", "1,8,8"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    table = LatencyTable.load(out)
+    assert table.protocol["device"] == "adb" and table.protocol["runner"] == "python-ort"
+    assert "EML-L29" in json.dumps(table.device)
+    assert table.baseline_ms > 0 and all(v > 0 for g in table.groups for v in g.latency_ms)
+    assert len(table.groups) == 4 and "wrote" in captured.out
