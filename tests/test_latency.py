@@ -199,6 +199,11 @@ def test_compress_stops_at_the_latency_target_and_reports_predicted_vs_measured(
     assert m["slim_ms"] > 0 and m["dense_ms"] > 0 and m["runs"] == 500
     assert m["error"] == pytest.approx(lat["predicted_ms"] / m["slim_ms"] - 1)
     assert summary["met_target"] and summary["val_accuracy"] >= summary["target_val_accuracy"]
+    # `edgeprune bench RUN` on the table's device kind sets the prediction next to its own measurement.
+    assert main(["bench", str(tmp_path / "run"), "--runs", "20", "--warmup", "1", "--warmup-seconds", "0"]) == 0
+    check = json.loads((tmp_path / "run" / "compress.json").read_text())["latency"]["bench"]["cpu"]
+    assert check["predicted_ms"] == pytest.approx(lat["predicted_ms"]) and check["measured_ms"] > 0
+    assert check["error"] == pytest.approx(check["predicted_ms"] / check["measured_ms"] - 1)
     # Without a target the same ranking (here with the latency-weighted penalty too) prunes as far as the loss and
     # the accuracy allow: more than 3 neurons.
     free = run_compress(base, tmp_path / "free", _config(neuron_cost=f"latency:{path}", latency_penalty=True, **easy),
