@@ -228,6 +228,24 @@ def narrowed(model: nn.Module, group, width: int, input_shape, round_channels: i
     return surgery(m, tuple(input_shape), round_channels=round_channels).model
 
 
+class _quiet:
+    """Raise the given loggers to WARNING for the duration (the per-variant surgery and export notices)."""
+
+    def __init__(self, *names: str):
+        self.loggers = [logging.getLogger(n) for n in names]
+        self.levels: list[int] = []
+
+    def __enter__(self):
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(max(lg.level, logging.WARNING))
+        return self
+
+    def __exit__(self, *exc):
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+
+
 def _checkpoint_digest(path: str | Path | None) -> str | None:
     if path is None or not Path(path).is_file():
         return None
@@ -271,13 +289,15 @@ def profile_model(model: nn.Module, input_shape: Sequence[int], *, device: str =
         widths.append(ws)
         plan += [(gi, w) for w in ws[1:]]
     log.info("profiling %d groups, %d narrowed variants on %s", len(groups), len(plan), device)
-    variants = [narrowed(model, groups[gi], w, shape, round_channels) for gi, w in plan]
+    with _quiet("edgeprune.surgery", "edgeprune.export"):  # one line per variant and stage would bury the table
+        variants = [narrowed(model, groups[gi], w, shape, round_channels) for gi, w in plan]
     labels = [f"v{i:03d}" for i in range(len(plan))]
     if device == "cpu":
         sources = [ModelSource(module=model, label="dense", role="baseline", input_shape=shape)]
         sources += [ModelSource(module=v, label=lab, input_shape=shape) for v, lab in zip(variants, labels)]
-        result = bench_models(sources, runtime="onnxruntime", runs=runs, warmup=warmup, threads=threads or 1,
-                              input_shape=shape, seed=seed, progress=progress, warmup_seconds=warmup_seconds)
+        with _quiet("edgeprune.export"):
+            result = bench_models(sources, runtime="onnxruntime", runs=runs, warmup=warmup, threads=threads or 1,
+                                  input_shape=shape, seed=seed, progress=progress, warmup_seconds=warmup_seconds)
         medians = {m.label: m.stats["median_ms"] for m in result.models}
         dev = result.device
         proto_runner = "onnxruntime (python)"
@@ -307,7 +327,7 @@ def profile_model(model: nn.Module, input_shape: Sequence[int], *, device: str =
         baseline_ms=base, groups=entries, device=dev,
         protocol={"device": device, "runner": proto_runner, "runs": runs, "warmup": warmup,
                   "warmup_seconds": warmup_seconds, "threads": threads_used, "batch_size": 1,
-                  "block_size": result.block_size, "seed": seed, "statistic": "median",
+                  "block_size": result.block_size or None, "seed": seed, "statistic": "median",
                   "fractions": list(fractions), "order": "all variants and the dense model in alternating blocks"},
         model={"arch": arch, "input_shape": list(shape), "checkpoint": str(checkpoint) if checkpoint else None,
                "sha256": _checkpoint_digest(checkpoint),
@@ -329,7 +349,7 @@ def _profile_adb(model, variants, labels, shape, *, runs, warmup, threads, seed,
         from android_bench.errors import AndroidBenchError
     except ImportError as exc:  # pragma: no cover - shipped with edgeprune
         raise BenchError(f"android_bench is not importable ({exc}); reinstall edgeprune") from None
-    with tempfile.TemporaryDirectory(prefix="edgeprune-profile-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeprune-profile-") as tmp, _quiet("edgeprune.export"):
         dense = export_onnx_for_bench(model, shape, Path(tmp) / "dense.onnx")
         files = [export_onnx_for_bench(v, shape, Path(tmp) / f"{lab}.onnx") for v, lab in zip(variants, labels)]
         try:
