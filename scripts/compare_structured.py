@@ -605,7 +605,8 @@ def _budget_text(report: dict) -> str:
     lat = report.get("latency")
     if lat:
         bm = lat["bench"]
-        sources = sorted({str(v["interval_method"]) for k, v in lat.items() if k not in ("dense", "bench", "predicted")})
+        sources = sorted({str(v["interval_method"]) for k, v in lat.items()
+                          if k not in ("dense", "bench", "predicted")})
         parts.append(f"Latency: ONNX Runtime, 1 thread, batch 1, {bm['runs']} runs per model after {bm['warmup']} "
                      f"warm-up, alternating blocks of {bm['block_size']} (all models in one process); speedup = "
                      f"dense median ÷ slim median; 95 % interval (edgeprune.bench): {'; '.join(sources)}.")

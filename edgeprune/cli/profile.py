@@ -11,7 +11,7 @@ from ._app import app, echo, parse_shape, print_table
 
 @app.command()
 def profile(
-    model: Path = typer.Argument(..., help="Trained checkpoint (.pt) to profile (the dense model compress starts from)."),
+    model: Path = typer.Argument(..., help="Trained checkpoint (.pt): the dense model compress starts from."),
     out: Path = typer.Option(..., "--out", help="Latency table (JSON) to write."),
     device: str = typer.Option("cpu", help="cpu (ONNX Runtime here) or adb (a phone over ADB)."),
     serial: str = typer.Option(None, help="adb: the phone, HOST:PORT or a USB serial (default: the only one)."),

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from .. import _io
 from .._progress import make_progress
 from ..errors import CheckpointError, ConfigError
+from ..latency import group_widths, latency_penalty_weights, neuron_latency_costs
 from ..masks import apply_masks_, count_alive, full_masks, pin_
 from ..threshold import find_threshold
-from ..latency import latency_penalty_weights, neuron_latency_costs
 from ..threshold.neurons import find_neuron_threshold, neuron_groups, neuron_macs, taylor_scores
 from .config import CompressConfig
 from .neurons import find_neurons, neuron_alive
@@ -340,7 +340,7 @@ def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, grou
         st.done = "target"
         return
     st.last_good = Snapshot(st.best.state, va, {k: v.cpu().clone() for k, v in masks.items()})
-    if enough is not None and enough(_widths(groups, masks)):
+    if enough is not None and enough(group_widths(groups, masks)):
         log.info("the predicted latency meets the target and the network meets the accuracy target: stopping")
         st.done = "latency_target"
         return
@@ -367,12 +367,6 @@ def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, grou
     if count_alive(masks) == alive_before:
         log.info("the threshold step pruned nothing: stopping (LOBSTER's rule)")
         st.done = "nothing_pruned"
-
-
-def _widths(groups, masks) -> dict[str, int]:
-    from ..latency import group_widths
-
-    return group_widths(groups, masks)
 
 
 def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), row=None,
