@@ -473,25 +473,24 @@ def measure_latency(s: Settings, dense_onnx: Path, slim: dict[str, str]) -> dict
     return out
 
 
-def predict_latency(s: Settings, dense_model: nn.Module, results: dict, latency: dict, shape) -> dict:
+def predict_latency(s: Settings, results: dict, latency: dict) -> dict:
     """Each slim model's latency predicted from the table (its group widths) against this run's measurement:
     ``error`` = predicted ÷ measured − 1 (absolute ms: the table was measured at another time, under another load)
-    and ``error_scaled`` = predicted speedup ÷ measured speedup − 1 (the prediction scaled to this run's dense
-    median)."""
-    from edgeprune.latency import LatencyTable, widths_of_module
+    and ``error_scaled`` = measured speedup ÷ predicted speedup − 1 (the prediction scaled to this run's dense
+    median). A group's width is read off its root layer's channels in the method's result (Torch-Pruning's model
+    is not rebuilt)."""
+    from edgeprune.latency import LatencyTable
 
     table = LatencyTable.load(s.latency_table)
     out = {"table": s.latency_table, "table_dense_ms": table.baseline_ms}
     for key, r in results.items():
         if "skipped" in r or key not in latency:
             continue
-        folder = Path(r["onnx"]).parent
-        path = folder / "model.pt" if (folder / "model.pt").exists() else folder / "masked.pt"
-        model = load_checkpoint(path).model.eval()
-        widths = widths_of_module(model, shape)
-        if set(widths) != {g.root for g in table.groups}:
-            out[key] = {"skipped": "its neuron groups are not the table's (a group vanished or split)"}
+        width_of = dict(zip(r["layers"], r["channels"]))  # a group's width is its root layer's output channels
+        if any(g.root not in width_of for g in table.groups):
+            out[key] = {"skipped": "its layers are not the table's"}
             continue
+        widths = {g.root: width_of[g.root] for g in table.groups}
         pred = table.predict(widths)
         meas = latency[key]["median_ms"]
         pred_speedup = table.baseline_ms / pred
@@ -737,7 +736,7 @@ def run(s: Settings, out: Path, data: DataBundle, baseline: Path | None = None, 
     slim = {k: r["onnx"] for k, r in results.items() if "skipped" not in r}
     latency = measure_latency(s, dense_path, slim) if slim else None
     if latency and s.latency_table:
-        latency["predicted"] = predict_latency(s, base.model, results, latency, shape)
+        latency["predicted"] = predict_latency(s, results, latency)
     seconds["latency"] = time.time() - t
     report = {
         "settings": dataclasses.asdict(s),

@@ -115,11 +115,14 @@ def test_latency_aware_method_predicts_and_measures(cs, tmp_path, one_thread):
     table = profile_model(load_checkpoint(base).model, (1, 8, 8), fractions=(0.5,), runs=10, warmup=1,
                           warmup_seconds=0.0, progress=False)
     settings.latency_table = str(table.save(tmp_path / "table.json"))
-    report = cs.run(settings, tmp_path, data, baseline=base, methods="e", command="pytest")
+    report = cs.run(settings, tmp_path, data, baseline=base, methods="e,c", command="pytest")
     r = report["methods"]["serene-lb-latency"]
     assert "skipped" not in r and r["config"]["neuron_cost"].startswith("latency:")
-    p = report["latency"]["predicted"]["serene-lb-latency"]
-    assert p["measured_ms"] == report["latency"]["serene-lb-latency"]["median_ms"]
-    assert p["error"] == pytest.approx(p["predicted_ms"] / p["measured_ms"] - 1)
-    assert 0 < p["predicted_ms"] <= table.baseline_ms + 1e-12
+    assert report["methods"]["tp-groupnorm-sl"]["config"]["target"] == "the MACs of (e)"
+    for key in ("serene-lb-latency", "tp-groupnorm-sl"):
+        p = report["latency"]["predicted"][key]
+        assert p["measured_ms"] == report["latency"][key]["median_ms"]
+        assert p["error"] == pytest.approx(p["predicted_ms"] / p["measured_ms"] - 1)
+        widths = dict(zip(report["methods"][key]["layers"], report["methods"][key]["channels"]))
+        assert p["predicted_ms"] == pytest.approx(table.predict({g.root: widths[g.root] for g in table.groups}))
     assert "Latency predicted from the table" in (tmp_path / "comparison.md").read_text()
