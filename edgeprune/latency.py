@@ -289,8 +289,16 @@ def profile_model(model: nn.Module, input_shape: Sequence[int], *, device: str =
         widths.append(ws)
         plan += [(gi, w) for w in ws[1:]]
     log.info("profiling %d groups, %d narrowed variants on %s", len(groups), len(plan), device)
-    with _quiet("edgeprune.surgery", "edgeprune.export"):  # one line per variant and stage would bury the table
-        variants = [narrowed(model, groups[gi], w, shape, round_channels) for gi, w in plan]
+    from ._progress import make_progress
+
+    variants = []
+    # One log line per variant and stage would bury the table: surgery and export speak only of problems here.
+    with _quiet("edgeprune.surgery", "edgeprune.export"), make_progress() as bar:
+        task = bar.add_task("narrowed variants (surgery)", total=len(plan), info="") if progress else None
+        for gi, w in plan:
+            variants.append(narrowed(model, groups[gi], w, shape, round_channels))
+            if task is not None:
+                bar.update(task, advance=1, info=f"{groups[gi].root} → {w}")
     labels = [f"v{i:03d}" for i in range(len(plan))]
     if device == "cpu":
         sources = [ModelSource(module=model, label="dense", role="baseline", input_shape=shape)]
