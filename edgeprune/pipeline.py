@@ -327,6 +327,29 @@ def stage_quantize(ctx: RunContext) -> None:
         ctx.files[f"model.int8.{key}"] = ctx.run_dir / name
 
 
+def stage_latency(ctx: RunContext) -> None:
+    """With a latency table: the slim model's predicted latency on the table's device, and — for a table profiled
+    on this machine (``cpu``) — its latency measured with the bench protocol against the baseline, side by side, and
+    the prediction error (compress.json ``latency``). A phone table's prediction is checked with
+    ``edgeprune bench RUN --device adb``."""
+    from . import distributed
+    from .latency import LatencyTable, latency_check
+
+    if ctx.config.latency_table is None or not distributed.is_main() or ctx.slim is None:
+        return
+    table = LatencyTable.load(ctx.config.latency_table)
+    info = latency_check(table, ctx.slim, tuple(ctx.data.input_shape), ctx.run_dir, ctx.config)
+    ctx.summary["latency"] = info
+    _io.write_json(ctx.run_dir / SUMMARY, ctx.summary)
+    m = info.get("measured")
+    if m:
+        log.info("latency: predicted %.4f ms, measured %.4f ms (%+.1f %%); speedup predicted %.2fx, measured %.2fx",
+                 info["predicted_ms"], m["slim_ms"], 100 * m["error"], info["predicted_speedup"], m["speedup"])
+    else:
+        log.info("latency on %s: predicted %.4f ms (%.2fx); measure it with `edgeprune bench %s --device adb`",
+                 table.protocol.get("device"), info["predicted_ms"], info["predicted_speedup"], ctx.run_dir)
+
+
 def stage_report(ctx: RunContext) -> None:
     """report.json, report.md and plots/ from the run folder (what `edgeprune report RUN` regenerates)."""
     from . import distributed
@@ -346,6 +369,7 @@ STAGES: list[tuple[str, Callable[[RunContext], None]]] = [
     ("surgery", stage_surgery),
     ("export", stage_export),
     ("quantize", stage_quantize),
+    ("latency", stage_latency),
     ("report", stage_report),
 ]
 

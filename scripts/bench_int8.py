@@ -12,8 +12,8 @@ Goals checked per model: slim INT8 ≥ 3× faster than dense float (median); INT
 + 0.5 pt; INT8 .7z ≤ ½ of the slim float .7z.
 
     .venv/bin/python scripts/bench_int8.py \\
-        lenet5=runs-main/serene-lenet5-macs \\
-        resnet20=runs-main/compare-structured-macs-r8/serene-lb-neurons \\
+        lenet5=runs/serene-lenet5-macs \\
+        resnet20=runs/compare-structured-macs-r8/serene-lb-neurons \\
         --runs 1000 --out runs/int8-goals
 
 Writes ``--out/int8.json`` (everything, raw samples included) and ``--out/int8.md`` (the table).

@@ -90,7 +90,10 @@ METHODS = {
     "b": Method("serene-lb-weights", "(b) SeReNe-LB, weights (paper)", "serene", "serene-lb", "weights"),
     "c": Method("tp-groupnorm-sl", "(c) Torch-Pruning GroupNorm + SL", "tp"),
     "d": Method("l2-neurons", "(d) ℓ2, neurons", "serene", "l2", "neurons"),
+    "e": Method("serene-lb-latency", "(e) SeReNe-LB, neurons ÷ latency", "serene", "serene-lb", "neurons"),
 }
+"""(e) ranks neurons by the loss-based score ÷ their marginal latency from --latency-table (edgeprune profile);
+with --target-speedup it stops at that predicted speedup. Run it before (c) and TP prunes to (e)'s MACs."""
 
 
 class MethodUnavailable(RuntimeError):
@@ -133,6 +136,11 @@ class Settings:
     round_channels: int | None = None
     neuron_cost: str = "none"
     """--neuron-cost of the SeReNe / ℓ2 neuron methods (a, d): none or macs."""
+    latency_table: str | None = None
+    """A latency table (edgeprune profile) of the baseline: method (e) ranks by it; every slim model's latency is
+    predicted from it and compared with the measurement."""
+    target_speedup: float | None = None
+    """(e)'s --target-speedup (predicted, on the table): stop pruning there."""
     """Widths rounded up to multiples of this: surgery keeps a few dead channels (exact), TP prunes with round_to."""
     # latency
     bench_runs: int = 1000
@@ -252,6 +260,11 @@ def serene_config(s: Settings, m: Method) -> tuple[CompressConfig, str | None]:
         kw["prune"] = m.prune
         if m.prune != "weights":
             kw["neuron_cost"] = s.neuron_cost
+        if m.key == METHODS["e"].key:
+            if not s.latency_table:
+                raise MethodUnavailable("(e) needs --latency-table TABLE (from `edgeprune profile BASELINE`)")
+            kw["neuron_cost"] = f"latency:{Path(s.latency_table).resolve()}"
+            kw["target_speedup"] = s.target_speedup
     elif m.prune == "weights":
         note = "CompressConfig has no prune field yet: ran the library's only thresholding (weights)"
     else:
@@ -302,11 +315,14 @@ def tp_reg(s: Settings, steps_per_epoch: int, sparse_epochs: int) -> float:
     return TP_REF_REG * TP_REF_LR_STEPS / (s.tp_lr * steps_per_epoch * sparse_epochs)
 
 
-def tp_target(s: Settings, dense_macs: int, a: dict | None) -> tuple[int, str]:
-    """TP's MACs target and how it was chosen: --tp-target-ratio × dense, else the MACs of (a)'s slim model, else
-    half the dense MACs (TP's CIFAR benchmarks prune ResNet-56 to 2.1–2.6× fewer MACs)."""
+def tp_target(s: Settings, dense_macs: int, a: dict | None, e: dict | None = None) -> tuple[int, str]:
+    """TP's MACs target and how it was chosen: --tp-target-ratio × dense, else the MACs of (e)'s slim model when
+    (e) ran first, else those of (a), else half the dense MACs (TP's CIFAR benchmarks prune ResNet-56 to 2.1–2.6×
+    fewer MACs)."""
     if s.tp_target_ratio is not None:
         return int(s.tp_target_ratio * dense_macs), f"{s.tp_target_ratio:g} × dense MACs (--tp-target-ratio)"
+    if e and "skipped" not in e:
+        return int(e["macs"]), "the MACs of (e)"
     if a and "skipped" not in a:
         return int(a["macs"]), "the MACs of (a)"
     return int(0.5 * dense_macs), "0.5 × dense MACs (method a did not run)"
@@ -457,6 +473,33 @@ def measure_latency(s: Settings, dense_onnx: Path, slim: dict[str, str]) -> dict
     return out
 
 
+def predict_latency(s: Settings, results: dict, latency: dict) -> dict:
+    """Each slim model's latency predicted from the table (its group widths) against this run's measurement:
+    ``error`` = predicted ÷ measured − 1 (absolute ms: the table was measured at another time, under another load)
+    and ``error_scaled`` = measured speedup ÷ predicted speedup − 1 (the prediction scaled to this run's dense
+    median). A group's width is read off its root layer's channels in the method's result (Torch-Pruning's model
+    is not rebuilt)."""
+    from edgeprune.latency import LatencyTable
+
+    table = LatencyTable.load(s.latency_table)
+    out = {"table": s.latency_table, "table_dense_ms": table.baseline_ms}
+    for key, r in results.items():
+        if "skipped" in r or key not in latency:
+            continue
+        width_of = dict(zip(r["layers"], r["channels"]))  # a group's width is its root layer's output channels
+        if any(g.root not in width_of for g in table.groups):
+            out[key] = {"skipped": "its layers are not the table's"}
+            continue
+        widths = {g.root: width_of[g.root] for g in table.groups}
+        pred = table.predict(widths)
+        meas = latency[key]["median_ms"]
+        pred_speedup = table.baseline_ms / pred
+        out[key] = {"predicted_ms": pred, "measured_ms": meas, "error": pred / meas - 1.0,
+                    "predicted_speedup": pred_speedup, "measured_speedup": latency[key]["speedup_median"],
+                    "error_scaled": latency[key]["speedup_median"] / pred_speedup - 1.0}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # report
 
@@ -505,6 +548,22 @@ def markdown(report: dict) -> str:
         for r in ran.values():
             cells.append(str(r["channels"][i]) if i < len(r["channels"]) and r["layers"][i] == name else "?")
         lines.append(f"| {name} | {dense['channels'][i]} | " + " | ".join(cells) + " |")
+    pred = lat.get("predicted") if lat else None
+    if pred:
+        lines += ["", f"Latency predicted from the table ({pred['table']}, dense {pred['table_dense_ms']:.4f} ms) vs "
+                      "measured here:", "",
+                  "| method | predicted | measured | error (ms) | predicted speedup | measured speedup "
+                  "| error (speedup) |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for key, r in report["methods"].items():
+            p = pred.get(key)
+            if not p:
+                continue
+            if "skipped" in p:
+                lines.append(f"| {r['label']} | skipped: {p['skipped']} | | | | | |")
+                continue
+            lines.append(f"| {r['label']} | {p['predicted_ms']:.4f} ms | {p['measured_ms']:.4f} ms "
+                         f"| {100 * p['error']:+.1f} % | {p['predicted_speedup']:.2f}× | {p['measured_speedup']:.2f}× "
+                         f"| {100 * p['error_scaled']:+.1f} % |")
     lines += ["", _budget_text(report)]
     notes = [f"- {r['label']}: {r['note']}" for r in report["methods"].values() if r.get("note")]
     if notes:
@@ -525,7 +584,10 @@ def _budget_text(report: dict) -> str:
         f"SeReNe / ℓ2 (edgeprune compress): λ {st['lam']:g}, TWT {st['twt']:g}, PWE {st['pwe']}, "
         f"η {st['lr']:g}, momentum {st['momentum']:g}, batch {st['batch_size']}, target drop "
         f"{100 * st['target_drop']:g} pt (validation), ℓ2 weight decay {st['l2_weight_decay']:g}; neurons ranked by "
-        f"the loss-based score" + (" ÷ MACs" if st.get("neuron_cost") == "macs" else "") + "; slim widths "
+        f"the loss-based score" + (" ÷ MACs" if st.get("neuron_cost") == "macs" else "")
+        + (f"; (e) ÷ marginal latency from {st['latency_table']}" if st.get("latency_table") else "")
+        + (f", stopping at a predicted {st['target_speedup']:g}× speedup" if st.get("target_speedup") else "")
+        + "; slim widths "
         + (f"rounded up to multiples of {st['round_channels']}." if st.get("round_channels")
            else "exact (no rounding)."),
     ]
@@ -542,7 +604,8 @@ def _budget_text(report: dict) -> str:
     lat = report.get("latency")
     if lat:
         bm = lat["bench"]
-        sources = sorted({str(v["interval_method"]) for k, v in lat.items() if k not in ("dense", "bench")})
+        sources = sorted({str(v["interval_method"]) for k, v in lat.items()
+                          if k not in ("dense", "bench", "predicted")})
         parts.append(f"Latency: ONNX Runtime, 1 thread, batch 1, {bm['runs']} runs per model after {bm['warmup']} "
                      f"warm-up, alternating blocks of {bm['block_size']} (all models in one process); speedup = "
                      f"dense median ÷ slim median; 95 % interval (edgeprune.bench): {'; '.join(sources)}.")
@@ -568,7 +631,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
                     help="training images used (seeded subset; 0 = all)")
     ap.add_argument("--val-subset", type=int, default=d.val_subset,
                     help="validation images used by thresholding and model selection (seeded subset; 0 = all)")
-    ap.add_argument("--methods", default="a,b,c,d", help="which of a,b,c,d to run")
+    ap.add_argument("--methods", default="a,b,c,d", help="which of a,b,c,d,e to run (e: latency-aware, needs "
+                                                         "--latency-table; list it before c)")
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--threads", type=int, default=d.threads, help="torch threads for training")
     ap.add_argument("--seed", type=int, default=d.seed)
@@ -591,6 +655,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
                          "odd widths can make ONNX Runtime slower than the dense model")
     ap.add_argument("--neuron-cost", default=d.neuron_cost, choices=("none", "macs"),
                     help="rank neurons by loss change ÷ MACs for methods a and d (edgeprune's --neuron-cost)")
+    ap.add_argument("--latency-table", default=None,
+                    help="latency table of the baseline (edgeprune profile): method e ranks by it, and every slim "
+                         "model's latency is predicted from it next to the measurement")
+    ap.add_argument("--target-speedup", type=float, default=None,
+                    help="method e stops pruning at this predicted speedup (compress --target-speedup)")
     ap.add_argument("--bench-runs", type=int, default=d.bench_runs)
     args = ap.parse_args(argv)
     s = Settings(arch=args.arch, width=args.width, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
@@ -599,7 +668,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
                  lam=args.lam, twt=args.twt, pwe=args.pwe, lr=args.lr, target_drop=args.target_drop,
                  l2_weight_decay=args.l2_weight_decay, tp_reg=args.tp_reg, tp_sparse_epochs=args.tp_sparse_epochs,
                  tp_lr=args.tp_lr, tp_target_ratio=args.tp_target_ratio, macs_tolerance=args.macs_tolerance,
-                 round_channels=args.round_channels, neuron_cost=args.neuron_cost, bench_runs=args.bench_runs)
+                 round_channels=args.round_channels, neuron_cost=args.neuron_cost, bench_runs=args.bench_runs,
+                 latency_table=args.latency_table, target_speedup=args.target_speedup)
     if s.epochs < 1 or s.baseline_epochs < 1:
         raise SystemExit("--epochs and --baseline-epochs must be at least 1")
     s.tp_split()
@@ -650,7 +720,8 @@ def run(s: Settings, out: Path, data: DataBundle, baseline: Path | None = None, 
             if m.kind == "serene":
                 r = run_serene(s, m, base_path, data, folder)
             else:
-                target, note = tp_target(s, dense["macs"], results.get(METHODS["a"].key))
+                target, note = tp_target(s, dense["macs"], results.get(METHODS["a"].key),
+                                         results.get(METHODS["e"].key))
                 r = run_torch_pruning(s, m, base_path, data, folder, target, note)
         except MethodUnavailable as exc:
             stamp(f"{m.label}: skipped ({exc})")
@@ -664,6 +735,8 @@ def run(s: Settings, out: Path, data: DataBundle, baseline: Path | None = None, 
     t = time.time()
     slim = {k: r["onnx"] for k, r in results.items() if "skipped" not in r}
     latency = measure_latency(s, dense_path, slim) if slim else None
+    if latency and s.latency_table:
+        latency["predicted"] = predict_latency(s, results, latency)
     seconds["latency"] = time.time() - t
     report = {
         "settings": dataclasses.asdict(s),

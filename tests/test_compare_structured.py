@@ -94,3 +94,35 @@ def test_tp_target_follows_method_a(cs):
     assert cs.tp_target(s, 1000, None)[0] == 500
     assert cs.tp_target(s, 1000, {"skipped": "no prune field"})[0] == 500
     assert cs.tp_target(cs.Settings(tp_target_ratio=0.3), 1000, {"macs": 420})[0] == 300
+
+
+def test_tp_target_follows_the_latency_aware_method_when_it_ran(cs):
+    s = cs.Settings()
+    assert cs.tp_target(s, 1000, {"macs": 420}, {"macs": 380}) == (380, "the MACs of (e)")
+    assert cs.tp_target(s, 1000, {"macs": 420}, {"skipped": "no table"}) == (420, "the MACs of (a)")
+
+
+def test_latency_aware_method_predicts_and_measures(cs, tmp_path, one_thread):
+    """(e) ranks by a real (short) profile of the baseline; the report sets each slim model's predicted latency
+    next to its measured one."""
+    from edgeprune.checkpoint import load_checkpoint
+    from edgeprune.latency import profile_model
+
+    settings = cs.Settings(arch="resnet20-cifar", width=4, epochs=1, baseline_epochs=1, train_subset=None,
+                           batch_size=32, bench_runs=20, bench_warmup=2, bench_block=5, bench_warmup_seconds=0.0)
+    data = _synthetic()
+    base = cs.train_baseline(settings, data, tmp_path / "baseline.pt")
+    table = profile_model(load_checkpoint(base).model, (1, 8, 8), fractions=(0.5,), runs=10, warmup=1,
+                          warmup_seconds=0.0, progress=False)
+    settings.latency_table = str(table.save(tmp_path / "table.json"))
+    report = cs.run(settings, tmp_path, data, baseline=base, methods="e,c", command="pytest")
+    r = report["methods"]["serene-lb-latency"]
+    assert "skipped" not in r and r["config"]["neuron_cost"].startswith("latency:")
+    assert report["methods"]["tp-groupnorm-sl"]["config"]["target"] == "the MACs of (e)"
+    for key in ("serene-lb-latency", "tp-groupnorm-sl"):
+        p = report["latency"]["predicted"][key]
+        assert p["measured_ms"] == report["latency"][key]["median_ms"]
+        assert p["error"] == pytest.approx(p["predicted_ms"] / p["measured_ms"] - 1)
+        widths = dict(zip(report["methods"][key]["layers"], report["methods"][key]["channels"]))
+        assert p["predicted_ms"] == pytest.approx(table.predict({g.root: widths[g.root] for g in table.groups}))
+    assert "Latency predicted from the table" in (tmp_path / "comparison.md").read_text()

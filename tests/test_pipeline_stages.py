@@ -70,7 +70,7 @@ def test_report_written_with_the_compress_figures(full_run):
     assert report["baseline"]["onnx_bytes"] == (run / "baseline.onnx").stat().st_size
     assert "[" in (run / "report.md").read_text() and list((run / "plots").glob("*.png"))
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["stages"] == ["load", "baseline", "compress", "surgery", "export", "quantize", "report"]
+    assert manifest["stages"] == ["load", "baseline", "compress", "surgery", "export", "quantize", "latency", "report"]
     assert manifest["pipeline"]["export_formats"] == ["onnx", "ptl", "ort"]
 
 

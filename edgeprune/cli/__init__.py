@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "analyze_sensitivity",
     "export",
     "report",
+    "profile",
 )
 
 

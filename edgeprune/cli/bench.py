@@ -147,9 +147,40 @@ def bench(
     _print_wide(render_table(result))
     for what, path in written.items():
         echo(f"{what}: {path}")
+    if run_dir is not None:
+        _check_prediction(run_dir, result, cfg.device)
     if result.interrupted:
         echo("interrupted: statistics cover the runs measured before Ctrl-C")
         raise SystemExit(130)
+
+
+def _check_prediction(run_dir: Path, result, device: str) -> None:
+    """A run compressed with a latency table of this device kind: its predicted latency next to this measurement,
+    recorded in compress.json (``latency.bench[device]``)."""
+    import json
+
+    from .. import _io
+
+    path = run_dir / "compress.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    lat = summary.get("latency")
+    slim = next((m for m in result.models if m.role != "baseline"), None)
+    if not lat or lat.get("device") != device or slim is None or not slim.samples_ms:
+        return
+    measured = slim.stats["median_ms"]
+    check = {"predicted_ms": lat["predicted_ms"], "measured_ms": measured,
+             "error": lat["predicted_ms"] / measured - 1.0}
+    if result.speedup is not None:
+        check.update(predicted_speedup=lat["predicted_speedup"], measured_speedup=result.speedup["median"],
+                     error_scaled=result.speedup["median"] / lat["predicted_speedup"] - 1.0)
+    lat.setdefault("bench", {})[device] = check
+    _io.write_json(path, summary)
+    echo(f"latency table prediction: {lat['predicted_ms']:.4f} ms, measured {measured:.4f} ms "
+         f"({100 * check['error']:+.1f} %)" + (f"; speedup predicted {lat['predicted_speedup']:.2f}x, measured "
+                                               f"{result.speedup['median']:.2f}x" if result.speedup else ""))
 
 
 def _phone_file(src, tmp: Path, batch_size: int) -> Path:

@@ -33,8 +33,17 @@ def compress(
                                          "BN, a faster slim model), weights (SeReNe eq. 22) or both."),
     neuron_score: str = typer.Option(None, help="Neuron ranking for --prune neurons|both: taylor (default, loss-based), "
                                                 "norm or gamma."),
-    neuron_cost: str = typer.Option(None, help="Divide a neuron's score by its cost before ranking: none (default) or "
-                                               "macs (at equal loss, prune what saves most computation first)."),
+    neuron_cost: str = typer.Option(None, help="Divide a neuron's score by its cost before ranking: none (default), "
+                                               "macs (at equal loss, prune what saves most computation first) or "
+                                               "latency:TABLE (its measured marginal latency, `edgeprune profile`)."),
+    latency_table: Path = typer.Option(None, help="Latency table (`edgeprune profile`) to predict the slim model's "
+                                                  "latency and stop at a target, whatever the ranking."),
+    target_latency: float = typer.Option(None, help="Stop pruning at this predicted latency (ms, the table's device); "
+                                                    "the accuracy target still holds."),
+    target_speedup: float = typer.Option(None, help="Stop pruning at this predicted speedup over the table's dense "
+                                                    "latency; the accuracy target still holds."),
+    latency_penalty: bool = typer.Option(None, "--latency-penalty/--no-latency-penalty",
+                                         help="Weight SeReNe's λ per neuron by its marginal latency (the table's)."),
     final_step: bool = typer.Option(None, "--final-step/--no-final-step",
                                     help="At the end, one more bisection under the accuracy target (default on)."),
     conv_sensitivity: str = typer.Option(None, help="Conv filter sensitivity over positions: mean (default, as the "
@@ -63,6 +72,10 @@ def compress(
     from ..regularize.config import make_config
 
     names = tuple(f.strip() for f in formats.split(",") if f.strip() and f.strip() != "none")
+    if neuron_cost and neuron_cost.startswith("latency:") and len(neuron_cost) > len("latency:"):
+        neuron_cost = f"latency:{Path(neuron_cost[len('latency:'):]).resolve()}"  # a resumed run finds it anywhere
+    if latency_table is not None:
+        latency_table = latency_table.resolve()
     options = StageOptions(surgery=not no_surgery, round_channels=round_channels, export_formats=names,
                            quantize=_quantize_options(quantize, quant_mode, calibration, calibration_samples,
                                                       max_int8_drop, keep_int8))
@@ -85,7 +98,10 @@ def compress(
                           max_epochs=max_epochs, max_minutes=max_minutes, seed=seed, device=device,
                           dataset=dataset, data_dir=str(data_dir) if data_dir else None, exact_vjp=exact_vjp,
                           prune=prune, neuron_score=neuron_score, neuron_cost=neuron_cost, final_step=final_step,
-                          conv_sensitivity=conv_sensitivity)
+                          conv_sensitivity=conv_sensitivity,
+                          latency_table=str(latency_table) if latency_table else None,
+                          target_latency=target_latency, target_speedup=target_speedup,
+                          latency_penalty=latency_penalty)
         with distributed.session(cfg.device):
             summary = run_compress(model, out, cfg, options=options)
             main = distributed.is_main()
@@ -117,6 +133,13 @@ def compress(
     extra = f", final step +{final.get('neurons_pruned', 0)} neurons" if final else ""
     echo(f"compression ratio {summary['compression_ratio']:.2f}x after {summary['epochs']} epochs, "
          f"{len(summary['thresholds'])} threshold steps ({summary['stop_reason']}{extra})")
+    lat = summary.get("latency")
+    if lat:
+        m = lat.get("measured")
+        target = f", target {lat['target_ms']:.4f} ms" if lat.get("target_ms") is not None else ""
+        echo(f"latency on {lat['device']}: predicted {lat['predicted_ms']:.4f} ms ({lat['predicted_speedup']:.2f}x)"
+             + (f", measured {m['slim_ms']:.4f} ms ({m['speedup']:.2f}x), prediction error {m['error']:+.1%}"
+                if m else "") + target)
     written = [n for n in ("masked.pt", "model.pt", "model.onnx", "model.ptl", "model.ort", "report.md")
                if (Path(run_dir) / n).exists()]
     echo(f"wrote {run_dir}: {', '.join(written)}")

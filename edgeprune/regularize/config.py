@@ -19,7 +19,8 @@ NEURON_SCORES = ("taylor", "norm", "gamma")
 # Fields added after the first runs, with the value those runs used: resuming a run recorded without the field
 # continues it the way it started (a missing field in a user's --config file gets today's default instead).
 LEGACY_DEFAULTS = {"prune": "weights", "final_step": False, "conv_sensitivity": "sum", "neuron_score": "norm",
-                   "neuron_cost": "none"}
+                   "neuron_cost": "none", "latency_table": None, "target_latency": None, "target_speedup": None,
+                   "latency_penalty": False}
 
 # Fields that may change when a run is resumed (budgets and where it runs); everything else must match.
 RESUMABLE_FIELDS = ("max_epochs", "max_minutes", "device")
@@ -67,8 +68,20 @@ class CompressConfig:
     loss when the whole neuron goes to zero), "norm" (per-layer-normalized parameter norm) or "gamma" (BatchNorm |γ|
     per layer, the network-slimming criterion; "norm" where a neuron has no BN). See docs/serene.md."""
     neuron_cost: str = "none"
-    """What a neuron's score is divided by before ranking: "none", or "macs" (the multiply-accumulates the neuron
-    costs per inference: at equal loss, the neurons that save most computation go first)."""
+    """What a neuron's score is divided by before ranking: "none", "macs" (the multiply-accumulates the neuron
+    costs per inference: at equal loss, the neurons that save most computation go first) or "latency:TABLE" (its
+    marginal latency on the device of the table `edgeprune profile` wrote: at equal loss, the neurons that buy the
+    most time go first; see docs/latency.md)."""
+    latency_table: str | None = None
+    """A latency table (`edgeprune profile`) to predict the slim model's latency with and to stop at a latency
+    target; set by --neuron-cost latency:TABLE, or alone to keep another ranking."""
+    target_latency: float | None = None
+    """Stop pruning once the predicted latency (ms, on the table's device) is at or below this."""
+    target_speedup: float | None = None
+    """Stop pruning once the table's dense latency ÷ the predicted latency reaches this."""
+    latency_penalty: bool = False
+    """Weight SeReNe's penalty per neuron by its marginal latency from the latency table (λ_n = λ·c_n / mean c over
+    the prunable neurons; output-layer neurons keep λ): expensive neurons are pushed to zero harder."""
     final_step: bool = True
     """When the budget ends, or a threshold step missed the accuracy target, run one last bisection on the best
     network constrained by the accuracy target itself, so the run returns the most pruned network meeting it."""
@@ -95,7 +108,16 @@ class CompressConfig:
             (self.class_chunk >= 1, f"class chunk must be at least 1, got {self.class_chunk}"),
             (self.exact_vjp in ("vectorized", "loop"), f"--exact-vjp must be vectorized or loop, got {self.exact_vjp!r}"),
             (self.prune in PRUNE_MODES, f"--prune must be one of {', '.join(PRUNE_MODES)}, got {self.prune!r}"),
-            (self.neuron_cost in ("none", "macs"), f"--neuron-cost must be none or macs, got {self.neuron_cost!r}"),
+            (self.neuron_cost in ("none", "macs") or (self.neuron_cost.startswith("latency:")
+                                                       and len(self.neuron_cost) > len("latency:")),
+             f"--neuron-cost must be none, macs or latency:TABLE (a table from `edgeprune profile`), got "
+             f"{self.neuron_cost!r}"),
+            (self.target_latency is None or (self.target_latency > 0 and math.isfinite(self.target_latency)),
+             f"--target-latency must be a positive number of milliseconds, got {self.target_latency}"),
+            (self.target_speedup is None or (self.target_speedup >= 1 and math.isfinite(self.target_speedup)),
+             f"--target-speedup must be at least 1 (dense ÷ slim), got {self.target_speedup}"),
+            (self.target_latency is None or self.target_speedup is None,
+             "give --target-latency or --target-speedup, not both"),
             (self.neuron_score in NEURON_SCORES,
              f"--neuron-score must be one of {', '.join(NEURON_SCORES)}, got {self.neuron_score!r}"),
             (self.conv_sensitivity in ("mean", "sum"),
@@ -104,6 +126,20 @@ class CompressConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        cost_table = self.neuron_cost[len("latency:"):] if self.neuron_cost.startswith("latency:") else None
+        if cost_table is not None:
+            if self.latency_table is not None and self.latency_table != cost_table:
+                raise ConfigError(f"--neuron-cost {self.neuron_cost} and --latency-table {self.latency_table} name "
+                                  "different tables; give one")
+            self.latency_table = cost_table
+        if (self.target_latency is not None or self.target_speedup is not None) and self.latency_table is None:
+            raise ConfigError("a latency target needs a latency table: --neuron-cost latency:TABLE or --latency-table "
+                              "TABLE (make one with `edgeprune profile MODEL --out TABLE`)")
+        if self.latency_penalty and (self.latency_table is None or not self.method.startswith("serene-")):
+            raise ConfigError("--latency-penalty weights SeReNe's λ by a latency table: give --neuron-cost "
+                              "latency:TABLE or --latency-table TABLE with a serene-* method")
+        if self.latency_table is not None and self.prune == "weights":
+            raise ConfigError("a latency table steers neuron pruning; use it with --prune neurons or both")
 
     def to_dict(self) -> dict:
         return {"type": CONFIG_TYPE, "version": CONFIG_VERSION, **dataclasses.asdict(self)}

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .. import _io
 from .._progress import make_progress
 from ..errors import CheckpointError, ConfigError
+from ..latency import group_widths, latency_penalty_weights, neuron_latency_costs
 from ..masks import apply_masks_, count_alive, full_masks, pin_
 from ..threshold import find_threshold
 from ..threshold.neurons import find_neuron_threshold, neuron_macs, taylor_scores, traceable_neuron_groups
@@ -88,7 +89,7 @@ class LoopState:
     last_good: Snapshot | None = None
     """The network kept at the last plateau that met the target, with its masks."""
     done: str | None = None
-    """Why the loop stopped: target, max_epochs, max_minutes, nothing_pruned; None while running."""
+    """Why the loop stopped: target, max_epochs, max_minutes, nothing_pruned, latency_target; None while running."""
 
     def to_payload(self) -> dict:
         """Plain dicts and tensors only (``torch.load(weights_only=True)`` reads them back)."""
@@ -172,6 +173,9 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     groups = traceable_neuron_groups(model, tuple(data.input_shape)) if config.prune in ("neurons", "both") else []
     score_batches = Batches(data.val, 500)  # the loss-based neuron score reads the validation split
     costs = neuron_macs(model, groups, tuple(data.input_shape)) if groups and config.neuron_cost == "macs" else None
+    table, enough = latency_model(config, groups)
+    if table is not None and config.neuron_cost.startswith("latency:"):
+        costs = lambda m: neuron_latency_costs(table, groups, m)  # noqa: E731 - marginal latency at today's widths
     # Under torchrun each rank takes its slice of every global batch (config.batch_size stays the global batch).
     train_b = Batches(data.train, distributed.per_rank_batch(config.batch_size), shuffle=True, seed=config.seed,
                       augment=data.augment, rank=distributed.rank(), world_size=distributed.world_size())
@@ -235,7 +239,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     with reg_ctx as reg:
         while st.done is None:
             if st.pending_plateau:
-                _plateau(st, model, optimizer, masks, val_eval, config, row, groups, score_batches, costs)
+                _plateau(st, model, optimizer, masks, val_eval, config, row, groups, score_batches, costs, enough)
                 save()
                 continue
             reason = budget_left()
@@ -243,6 +247,8 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
                 st.done = reason
                 break
             train_b.set_epoch(st.epoch)
+            if table is not None and config.latency_penalty:
+                reg.neuron_weights = latency_penalty_weights(table, groups, masks, model)
             tr = regularize_epoch(stepper, train_b, optimizer, reg, device,
                                   description=f"epoch {st.epoch + 1} (cycle {st.cycle + 1})")
             va = val_eval()
@@ -262,12 +268,29 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
             if on_epoch is not None:
                 on_epoch(st.epoch)
     return _finish(st, model, masks, val_eval, config, time.time() - t_start, groups, row, score_batches,
-                   costs)
+                   costs, enough)
+
+
+def latency_model(config: CompressConfig, groups: list):
+    """(the run's latency table or None, the stop rule ``enough(widths)`` or None) — see docs/latency.md.
+
+    The table must cover exactly the model's neuron groups; the target is ``target_latency`` ms, or the table's
+    dense latency ÷ ``target_speedup``, and holds when the table's prediction for the widths is at or below it."""
+    if not groups or config.latency_table is None:
+        return None, None
+    from ..latency import LatencyTable, target_ms
+
+    table = LatencyTable.load(config.latency_table)
+    table.check_groups(groups, config.latency_table)
+    target = target_ms(table, config.target_latency, config.target_speedup)
+    if target is None:
+        return table, None
+    return table, lambda widths: table.predict(widths) <= target
 
 
 def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callable[[nn.Module], dict],
                    admissible: Callable[[dict], bool], prune: str, neuron_score: str = "norm",
-                   score_batches=None, costs: list | None = None) -> dict:
+                   score_batches=None, costs: list | Callable | None = None, enough: Callable | None = None) -> dict:
     """One threshold step: the most pruning for which ``admissible(evaluate(pruned network))`` holds, over whole
     coupled neurons (``prune="neurons"``), single parameters by a global magnitude T (``"weights"``, SeReNe eq. 22)
     or both, neurons first and then weights on top of them under the same criterion.
@@ -275,13 +298,15 @@ def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callab
     The model is left unchanged. Returns a dict: ``masks`` (the new masks), ``threshold`` (T, 0 when no weight was
     pruned), ``neurons_pruned``, ``neuron_score`` (the largest score pruned), ``per_layer`` (neurons pruned per root
     layer), ``metrics`` (of the chosen network; None when nothing was pruned) and ``evaluations``.
-    ``score_batches`` (validation mini-batches) feed the loss-based ``"taylor"`` neuron score."""
+    ``score_batches`` (validation mini-batches) feed the loss-based ``"taylor"`` neuron score. ``costs`` may be
+    a function of the masks (marginal latencies change with the widths); ``enough(widths)`` caps the neuron pruning
+    at the first ranked prefix that reaches a latency target (:func:`find_neuron_threshold`)."""
     out = {"masks": masks, "threshold": 0.0, "neurons_pruned": 0, "neuron_score": 0.0, "per_layer": {},
            "metrics": None, "evaluations": 0}
     if prune in ("neurons", "both") and groups:
         scores = taylor_scores(model, groups, score_batches) if neuron_score == "taylor" else None
         res = find_neuron_threshold(model, masks, groups, evaluate, admissible, neuron_score, scores=scores,
-                                    costs=costs)
+                                    costs=costs(masks) if callable(costs) else costs, enough=enough)
         out.update(masks=res.masks, neurons_pruned=res.pruned, neuron_score=res.score, per_layer=res.per_group,
                    evaluations=res.evaluations, metrics=res.value)
     if prune in ("weights", "both"):
@@ -301,7 +326,7 @@ def threshold_step(model: nn.Module, masks: dict, groups: list, evaluate: Callab
 
 
 def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, groups, score_batches=None,
-             costs=None) -> None:
+             costs=None, enough=None) -> None:
     """Alg. 1 lines 6–9 at a regularization plateau: check the target, keep, threshold, pin. A step that prunes
     nothing ends the run (LOBSTER Sec. 4.2: with TWT = 0 the loop would otherwise regularize until its budget)."""
     from .. import distributed
@@ -315,9 +340,13 @@ def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, grou
         st.done = "target"
         return
     st.last_good = Snapshot(st.best.state, va, {k: v.cpu().clone() for k, v in masks.items()})
+    if enough is not None and enough(group_widths(groups, masks)):
+        log.info("the predicted latency meets the target and the network meets the accuracy target: stopping")
+        st.done = "latency_target"
+        return
     bound = (1.0 + config.twt) * va["loss"]
     step = threshold_step(model, masks, groups, lambda m: val_eval(), lambda v: v["loss"] <= bound, config.prune,
-                          config.neuron_score, score_batches, costs)
+                          config.neuron_score, score_batches, costs, enough)
     t = step["threshold"]
     distributed.check_agree(t + step["neurons_pruned"], "the threshold step")
     alive_before = count_alive(masks)
@@ -341,7 +370,7 @@ def _plateau(st: LoopState, model, optimizer, masks, val_eval, config, row, grou
 
 
 def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), row=None,
-            score_batches=None, costs=None) -> SereneResult:
+            score_batches=None, costs=None, enough=None) -> SereneResult:
     """The most pruned network that meets the target.
 
     The starting point is the last network that met it: at a budget stop the current best when it still meets the
@@ -369,7 +398,7 @@ def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), r
         final_masks = {k: v.to(device).clone() for k, v in chosen.masks.items()}
         met = True
         if config.final_step:
-            final = _final_step(st, model, final_masks, val_eval, config, groups, row, score_batches, costs)
+            final = _final_step(st, model, final_masks, val_eval, config, groups, row, score_batches, costs, enough)
             met = final["met"]
     model.eval()
     result = SereneResult(model, final_masks, met, st.done, st.epoch, list(st.thresholds),
@@ -379,7 +408,7 @@ def _finish(st: LoopState, model, masks, val_eval, config, seconds, groups=(), r
 
 
 def _final_step(st: LoopState, model, masks, val_eval, config, groups, row, score_batches=None,
-                costs=None) -> dict:
+                costs=None, enough=None) -> dict:
     """A last threshold step under the accuracy target (see :func:`_finish`); ``masks`` is updated in place."""
     target = st.target
     alive_before = count_alive(masks)
@@ -391,7 +420,7 @@ def _final_step(st: LoopState, model, masks, val_eval, config, groups, row, scor
         return {**val_eval(), "connected": all(bool(layer.weight.detach().ne(0).any()) for layer in layers)}
 
     step = threshold_step(model, masks, groups, evaluate, lambda v: v["connected"] and v["accuracy"] >= target,
-                          config.prune, config.neuron_score, score_batches, costs)
+                          config.prune, config.neuron_score, score_batches, costs, enough)
     for k in masks:
         masks[k].copy_(step["masks"][k])
     pin_(model, masks)

@@ -37,13 +37,16 @@ def insensitivity(s: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def serene_update_(layers: list[NeuronLayer], sens: dict[str, torch.Tensor], lam: float) -> None:
-    """SeReNe eq. 15 (the regularization term): θ ← θ − λ·θ·S̄ for every parameter of every neuron."""
+def serene_update_(layers: list[NeuronLayer], sens: dict[str, torch.Tensor], lam: float,
+                   weights: dict[str, torch.Tensor] | None = None) -> None:
+    """SeReNe eq. 15 (the regularization term): θ ← θ − λ·θ·S̄ for every parameter of every neuron; with
+    ``weights`` (layer → per-neuron factor, e.g. latency weights) neuron n's λ is λ·weights[layer][n]."""
     for nl in layers:
         s = sens.get(nl.name)
         if s is None:
             continue
-        keep = 1.0 - lam * insensitivity(s)
+        w = (weights or {}).get(nl.name)
+        keep = 1.0 - lam * insensitivity(s) * (w.to(s.device, s.dtype) if w is not None else 1.0)
         for _, p in nl.parameters():
             p.mul_(keep.to(p.dtype).view(-1, *([1] * (p.dim() - 1))))
 
@@ -88,6 +91,8 @@ class Regularizer:
         self.layers = self.ng.layers if self.ng is not None else []
         self.capture: PspCapture | None = None
         self._pending: dict[str, torch.Tensor] = {}
+        self.neuron_weights: dict[str, torch.Tensor] | None = None
+        """Layer → per-neuron factor on SeReNe's λ (``--latency-penalty``); None: λ for every neuron."""
 
     @property
     def needs_graph(self) -> bool:
@@ -135,7 +140,7 @@ class Regularizer:
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.lam > 0 and self._pending:
             if self.kind is not None:
-                serene_update_(self.layers, self._pending, self.lam)
+                serene_update_(self.layers, self._pending, self.lam, self.neuron_weights)
             elif self.method == "lobster":
                 lobster_update_(self.model, self._pending, self.lam)
         self._pending = {}

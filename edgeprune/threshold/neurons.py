@@ -282,13 +282,16 @@ def find_neuron_threshold(model: nn.Module, masks: Masks, groups: list[NeuronGro
                           score: str = "norm",
                           progress: Callable[[int, float], None] | None = None,
                           scores: list[torch.Tensor] | None = None,
-                          costs: list[torch.Tensor] | None = None) -> NeuronThreshold:
+                          costs: list[torch.Tensor] | None = None,
+                          enough: Callable[[dict[str, int]], bool] | None = None) -> NeuronThreshold:
     """Prune the largest set of lowest-scored alive neurons for which ``admissible(evaluate(pruned model))`` holds.
 
     ``scores`` (one tensor per group, e.g. from :func:`taylor_scores`) replaces the parameter-based ``score``;
-    ``costs`` (e.g. :func:`neuron_macs`) divide it, so at equal importance the neurons that save most go first.
-    Every group keeps at least one alive neuron (its highest-scored one is never a candidate). The model is left
-    unchanged; apply the returned masks to prune.
+    ``costs`` (e.g. :func:`neuron_macs`, or marginal latencies from :mod:`edgeprune.latency`; positive) divide it,
+    so at equal importance the neurons that save most go first. ``enough(widths)`` (root → alive neurons) caps the
+    search: only the shortest prefix of the ranking for which it holds is a candidate (a latency target: prune no
+    more than needed to reach it; nothing when it already holds). Every group keeps at least one alive neuron (its
+    highest-scored one is never a candidate). The model is left unchanged; apply the returned masks to prune.
     """
     if scores is None and score == "taylor":
         raise ValueError("the taylor score needs data: pass scores=taylor_scores(model, groups, batches)")
@@ -299,11 +302,20 @@ def find_neuron_threshold(model: nn.Module, masks: Masks, groups: list[NeuronGro
             continue
         s = scores[gi].clone() if scores is not None else neuron_scores(model, group, alive, score)
         if costs is not None:
-            s = s / costs[gi].clamp_min(1.0)
+            s = s / costs[gi].clamp_min(1e-12)
         s[~alive] = 0
         order = [int(r) for r in torch.argsort(s, stable=True) if bool(alive[r])]
         candidates += [(float(s[r]), gi, r) for r in order[:-1]]  # the best neuron of each group stays
     candidates.sort(key=lambda c: (c[0], c[1], c[2]))
+    if enough is not None:
+        widths = {g.root: int(group_alive(g, masks).sum()) for g in groups}
+        if enough(widths):
+            candidates = []
+        for k, (_, gi, _) in enumerate(candidates, 1):
+            widths[groups[gi].root] -= 1
+            if enough(widths):
+                candidates = candidates[:k]
+                break
     if not candidates:
         return NeuronThreshold(masks, 0, 0.0, None, 0, {})
     ks = torch.arange(1, len(candidates) + 1, dtype=torch.float64)
