@@ -225,22 +225,28 @@ def _build(spec: dict, p: Path) -> nn.Module:
         raise CheckpointError(f"{p}: {exc}") from None
 
 
-def _load_state(model: nn.Module, state: dict, p: Path, spec: dict) -> None:
-    own = model.state_dict()
+def _state_mismatch(own: dict, state: dict, ignore_shapes: set[str] = frozenset()) -> str:
+    """How ``state`` differs from a model's own state_dict (missing keys, unexpected keys, other shapes; the first
+    few of each), or "" when it fits; keys in ``ignore_shapes`` may differ in shape."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}")
-        if shapes:
-            parts.append(f"shape {', '.join(shapes[:2])}{'…' if len(shapes) > 2 else ''}")
+              if k in state and k not in ignore_shapes and tuple(state[k].shape) != tuple(v.shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}")
+    if unexpected:
+        parts.append(f"unexpected {', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}")
+    if shapes:
+        parts.append(f"shape {', '.join(shapes[:2])}{'…' if len(shapes) > 2 else ''}")
+    return "; ".join(parts)
+
+
+def _load_state(model: nn.Module, state: dict, p: Path, spec: dict) -> None:
+    mismatch = _state_mismatch(model.state_dict(), state)
+    if mismatch:
         raise CheckpointError(
-            f"{p} does not match architecture {spec['name']} {spec.get('kwargs') or ''} ({'; '.join(parts)}); "
+            f"{p} does not match architecture {spec['name']} {spec.get('kwargs') or ''} ({mismatch}); "
             "check --arch and its options (e.g. num_classes)"
         )
     model.load_state_dict(state)
@@ -303,21 +309,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
     own = model.state_dict()
     head = _output_layer_keys(model)
     skipped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape) and k in head]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape) and k not in head]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}{'…' if len(unexpected) > 3 else ''}")
-        if shapes:
-            parts.append(f"shape {', '.join(shapes[:2])}{'…' if len(shapes) > 2 else ''}")
+    mismatch = _state_mismatch(own, state, ignore_shapes=set(skipped))
+    if mismatch:
         name = (arch_of(model) or {}).get("name", type(model).__name__)
-        raise CheckpointError(f"--weights {path} does not fit {name} ({'; '.join(parts)}); check --arch and "
-                              "--arch-kwargs")
+        raise CheckpointError(f"--weights {path} does not fit {name} ({mismatch}); check --arch and --arch-kwargs")
     model.load_state_dict({k: (own[k] if k in skipped else v) for k, v in state.items()})
     return {"loaded": len(state) - len(skipped), "skipped": skipped}
 

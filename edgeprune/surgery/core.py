@@ -74,6 +74,31 @@ def _out_size(m: nn.Module) -> int | None:
     return None
 
 
+def _slim_record(masked: nn.Module, work: nn.Module, shape, kept: dict[str, list[int]], spec: dict,
+                 **head) -> tuple[dict[str, list[int]], dict]:
+    """What every surgery reports alike: the removed indices per layer, the slim model's arch spec (the masked
+    model's plus ``spec``), and the layer table and totals before and after; ``head`` leads the report."""
+    from ..summary import summarize
+    from .replay import merge_specs
+
+    removed = {n: sorted(set(range(_out_size(masked.get_submodule(n)))) - set(k)) for n, k in kept.items()}
+    arch = getattr(masked, "edgeprune_arch", None)
+    if arch is not None:
+        work.edgeprune_arch = {**copy.deepcopy(arch), "surgery": merge_specs(arch.get("surgery"), spec)}
+    before, after = summarize(masked, shape), summarize(work, shape)
+    return removed, {
+        "input_shape": list(shape),
+        **head,
+        "layers": _layer_table(before, after),
+        "params_before": before.params_total,
+        "params_after": after.params_total,
+        "macs_before": before.macs,
+        "macs_after": after.macs,
+        "neurons_before": before.neurons,
+        "neurons_after": after.neurons,
+    }
+
+
 def _track_removal(group, names: dict, kept: dict[str, list[int]]) -> None:
     """Keep, per layer, the original indices of its surviving output channels (for reports and verification)."""
     import torch_pruning as tp
@@ -141,11 +166,10 @@ def surgery(
 def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | None, probe_batch, tolerance: float,
              t0: float, fixed_roots: frozenset[str] = frozenset()) -> SurgeryResult:
     from .._progress import make_progress
-    from ..summary import summarize
     from .detect import CONSUMERS, probe_inputs
     from .fold import apply_folds
     from .plan import is_grouped_conv, plan_group, reconcile_grouped, round_plan, zero_inputs_of
-    from .replay import CUT_GROUPS, build_graph, cut_conv_groups, merge_specs, output_nodes, prune_group, \
+    from .replay import CUT_GROUPS, build_graph, cut_conv_groups, output_nodes, prune_group, \
         pruning_group, step_name
     from .verify import verify
 
@@ -214,7 +238,6 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
     bias_added = apply_folds(work, folds)
 
     kept: dict[str, list[int]] = {}
-    sizes = {n: _out_size(m) for n, m in work.named_modules()}
     steps = []
     todo = [p for p in plans if p.remove]
     with make_progress() as progress:
@@ -238,25 +261,13 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
     work.eval()
     verification = verify(masked, work, check, kept, tolerance)
 
-    removed = {n: sorted(set(range(sizes[n])) - set(k)) for n, k in kept.items()}
     version = 2 if any(step[1] == CUT_GROUPS for step in steps) else 1
     spec = {"version": version, "input_shape": list(shape), "bias_added": bias_added, "steps": steps}
-    arch = getattr(masked, "edgeprune_arch", None)
-    if arch is not None:
-        work.edgeprune_arch = {**copy.deepcopy(arch), "surgery": merge_specs(arch.get("surgery"), spec)}
-    before, after = summarize(masked, shape), summarize(work, shape)
+    removed, report = _slim_record(masked, work, shape, kept, spec, round_channels=round_channels,
+                                   real_samples=int(len(probe[2])) if len(probe) > 2 else 0,
+                                   output_layer=output_layer)
     report = {
-        "input_shape": list(shape),
-        "round_channels": round_channels,
-        "real_samples": int(len(probe[2])) if len(probe) > 2 else 0,
-        "output_layer": output_layer,
-        "layers": _layer_table(before, after),
-        "params_before": before.params_total,
-        "params_after": after.params_total,
-        "macs_before": before.macs,
-        "macs_after": after.macs,
-        "neurons_before": before.neurons,
-        "neurons_after": after.neurons,
+        **report,
         "channels_removed": sum(len(p.remove) for p in plans),
         "constant_channels_folded": sum(1 for p in plans for r in p.remove if r in p.folds),
         "folded": {c: len(v) for c, v in folds.items()},
@@ -273,7 +284,7 @@ def _surgery(masked: nn.Module, shape: tuple[int, ...], round_channels: int | No
         "graph_seconds": round(t_graph - t0, 3),
     }
     log.info("surgery: %d channels removed, params %d → %d, max |Δ| %.3g", report["channels_removed"],
-             before.params_total, after.params_total, verification["max_abs_diff"])
+             report["params_before"], report["params_after"], verification["max_abs_diff"])
     return SurgeryResult(work, report, removed)
 
 
@@ -292,9 +303,7 @@ def _cut_part(module: nn.Module, shape: tuple[int, ...], real, round_channels, t
 
 def _surgery_partial(masked: nn.Module, shape: tuple[int, ...], round_channels: int | None, probe_batch,
                      tolerance: float, t0: float, reason: str) -> SurgeryResult:
-    from ..summary import summarize
     from .parts import surgery_by_parts
-    from .replay import merge_specs
 
     param = next(masked.parameters(), None)
     if param is None:
@@ -304,32 +313,18 @@ def _surgery_partial(masked: nn.Module, shape: tuple[int, ...], round_channels: 
     real = _random_batches(shape, param.device, param.dtype, 0, probe_batch)[2] if probe_batch is not None else None
     work, parts, extra, kept = surgery_by_parts(masked, shape, probe, check, real, round_channels, tolerance, reason,
                                                 _cut_part)
-    sizes = {n: _out_size(masked.get_submodule(n)) for n in kept}
-    removed = {n: sorted(set(range(sizes[n])) - set(k)) for n, k in kept.items()}
     spec = {"version": 3, "input_shape": list(shape), "bias_added": [], "steps": [], "parts": parts}
-    arch = getattr(masked, "edgeprune_arch", None)
-    if arch is not None:
-        work.edgeprune_arch = {**copy.deepcopy(arch), "surgery": merge_specs(arch.get("surgery"), spec)}
-    before, after = summarize(masked, shape), summarize(work, shape)
+    removed, report = _slim_record(masked, work, shape, kept, spec, round_channels=round_channels,
+                                   real_samples=int(len(real)) if real is not None else 0, output_layer=None)
     report = {
-        "input_shape": list(shape),
-        "round_channels": round_channels,
-        "real_samples": int(len(real)) if real is not None else 0,
-        "output_layer": None,
-        "layers": _layer_table(before, after),
-        "params_before": before.params_total,
-        "params_after": after.params_total,
-        "macs_before": before.macs,
-        "macs_after": after.macs,
-        "neurons_before": before.neurons,
-        "neurons_after": after.neurons,
+        **report,
         "folded": {},
         **extra,
         "seconds": round(time.perf_counter() - t0, 3),
         "graph_seconds": None,
     }
     log.info("surgery by parts: %d channels removed in %d parts, params %d → %d, max |Δ| %.3g",
-             report["channels_removed"], len(parts), before.params_total, after.params_total,
+             report["channels_removed"], len(parts), report["params_before"], report["params_after"],
              report["verification"]["max_abs_diff"])
     return SurgeryResult(work, report, removed)
 
