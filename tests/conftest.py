@@ -41,6 +41,19 @@ def _isolate_home() -> Path:
 SESSION_ROOT = _isolate_home()
 
 
+def _restore_ctrl_c() -> None:
+    """Ctrl-C is Python's KeyboardInterrupt in this process and in the CLIs it starts, however the suite was
+    launched: a shell without job control starts background jobs with SIGINT ignored, and an ignored signal stays
+    ignored across exec, which would make the Ctrl-C tests measure the launcher instead of edgeprune."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_restore_ctrl_c()
+
+
 def pytest_report_header(config):
     return [f"isolated HOME: {os.environ['HOME']}; runner bundle cache: {os.environ['EDGEPRUNE_RUNNER_CACHE']}"]
 
