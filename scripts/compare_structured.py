@@ -512,6 +512,27 @@ def measure_latency(s: Settings, dense_onnx: Path, slim: dict[str, str]) -> dict
     return out
 
 
+def versus(latency: dict, ref: str, seed: int = 0) -> dict:
+    """Every other slim model against ``ref`` in the same alternating run: ref's median latency ÷ the model's (above
+    1: the model is faster than ref), with edgeprune.bench's paired block bootstrap (block k of ref against block k
+    of the model, run in the same round)."""
+    from edgeprune.bench.stats import speedup, split_blocks
+
+    def blocks(m: dict):
+        counts = m.get("block_counts")
+        return split_blocks(m["samples_ms"], counts) if counts is not None else list(m["samples_ms"])
+
+    models = {m["label"]: m for m in latency["bench"]["models"]}
+    out: dict = {"ref": ref}
+    for label, m in models.items():
+        if label in ("dense", ref):
+            continue
+        sp = speedup(blocks(models[ref]), blocks(m), seed=seed)
+        out[label] = {"ratio_median": sp["median"], "ci95": sp["ci95"]["median"],
+                      "interval_unit": sp.get("interval_unit"), "block_pairs": sp.get("block_pairs")}
+    return out
+
+
 def predict_latency(s: Settings, results: dict, latency: dict) -> dict:
     """Each slim model's latency predicted from the table (its group widths) against this run's measurement:
     ``error`` = predicted ÷ measured − 1 (absolute ms: the table was measured at another time, under another load)
@@ -604,6 +625,20 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['label']} | {p['predicted_ms']:.4f} ms | {p['measured_ms']:.4f} ms "
                          f"| {100 * p['error']:+.1f} % | {p['predicted_speedup']:.2f}× | {p['measured_speedup']:.2f}× "
                          f"| {100 * p['error_scaled']:+.1f} % |")
+    vs = lat.get("versus") if lat else None
+    if vs:
+        ref = report["methods"][vs["ref"]]
+        lines += ["", f"Latency against {ref['label']} in the same alternating run ({ref['label'].split(' ', 1)[0]} "
+                      "median ÷ this model's; above 1: this model is faster; paired block bootstrap):", "",
+                  "| method | test top-1 error | MACs | median latency | ratio [95 % interval] |",
+                  "|---|---:|---:|---:|---:|"]
+        for key, v in vs.items():
+            if key == "ref":
+                continue
+            r, (lo, hi) = report["methods"][key], v["ci95"]
+            unit = "" if v["interval_unit"] == "block" else " (per run: too few blocks)"
+            lines.append(f"| {r['label']} | {r['top1_error']:.2%} | {r['macs']:,} "
+                         f"| {lat[key]['median_ms']:.3f} ms | {v['ratio_median']:.3f} [{lo:.3f}, {hi:.3f}]{unit} |")
     lines += ["", _budget_text(report)]
     notes = [f"- {r['label']}: {r['note']}" for r in report["methods"].values() if r.get("note")]
     if notes:
@@ -651,7 +686,7 @@ def _budget_text(report: dict) -> str:
     if lat:
         bm = lat["bench"]
         sources = sorted({str(v["interval_method"]) for k, v in lat.items()
-                          if k not in ("dense", "bench", "predicted")})
+                          if k not in ("dense", "bench", "predicted", "versus")})
         parts.append(f"Latency: ONNX Runtime, 1 thread, batch 1, {bm['runs']} runs per model after {bm['warmup']} "
                      f"warm-up, alternating blocks of {bm['block_size']} (all models in one process); speedup = "
                      f"dense median ÷ slim median; 95 % interval (edgeprune.bench): {'; '.join(sources)}.")
@@ -798,6 +833,8 @@ def run(s: Settings, out: Path, data: DataBundle, baseline: Path | None = None, 
     latency = measure_latency(s, dense_path, slim) if slim else None
     if latency and s.latency_table:
         latency["predicted"] = predict_latency(s, results, latency)
+    if latency and METHODS["e"].key in latency and len(slim) > 1:
+        latency["versus"] = versus(latency, METHODS["e"].key, seed=s.seed)
     seconds["latency"] = time.time() - t
     report = {
         "settings": dataclasses.asdict(s),

@@ -125,7 +125,18 @@ def test_latency_aware_method_predicts_and_measures(cs, tmp_path, one_thread):
         assert p["error"] == pytest.approx(p["predicted_ms"] / p["measured_ms"] - 1)
         widths = dict(zip(report["methods"][key]["layers"], report["methods"][key]["channels"]))
         assert p["predicted_ms"] == pytest.approx(table.predict({g.root: widths[g.root] for g in table.groups}))
-    assert "Latency predicted from the table" in (tmp_path / "comparison.md").read_text()
+    text = (tmp_path / "comparison.md").read_text()
+    assert "Latency predicted from the table" in text
+    # Every other slim model against (e), from the same blocks: (e)'s median ÷ the model's.
+    vs = report["latency"]["versus"]
+    assert vs["ref"] == "serene-lb-latency" and set(vs) == {"ref", "tp-groupnorm-sl"}
+    v = vs["tp-groupnorm-sl"]
+    lat = report["latency"]
+    e_ms, tp_ms = lat["serene-lb-latency"]["median_ms"], lat["tp-groupnorm-sl"]["median_ms"]
+    assert v["ratio_median"] == pytest.approx(e_ms / tp_ms)
+    lo, hi = v["ci95"]
+    assert 0 < lo <= hi and v["interval_unit"] == "block" and v["block_pairs"] == 4
+    assert f"| {v['ratio_median']:.3f} [{lo:.3f}, {hi:.3f}] |" in text and "Latency against (e)" in text
 
 
 def test_include_benches_another_runs_model_in_the_same_alternating_run(cs, tmp_path, one_thread):
