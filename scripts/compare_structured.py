@@ -20,6 +20,10 @@ Stages:
 Resumable: a method whose OUT/<method>/result.json exists is not run again (delete the file to redo it); an
 interrupted SeReNe run continues from its state.pt. The latency stage always runs (about a minute).
 
+``--include OTHER/<method>`` (repeatable) adds a slim model trained by another run of this script from the same
+baseline (e.g. Torch-Pruning at another --tp-target-ratio) to this run's latency stage and report, as a row of its
+own: every model compared in one alternating bench.
+
 Budget of the defaults (ResNet-20, 12,000 training and 3,000 validation images of Fashion-MNIST, 6 baseline epochs,
 4 epochs per method, one torch thread): estimated at about 35 minutes on an idle 2-core machine (up to ~45 when every
 SeReNe epoch ends in a threshold step), from the CPU time of one step here (0.45 s per batch of 128, so ~42 s per
@@ -328,6 +332,41 @@ def tp_target(s: Settings, dense_macs: int, a: dict | None, e: dict | None = Non
     return int(0.5 * dense_macs), "0.5 × dense MACs (method a did not run)"
 
 
+def load_included(folder: Path, dense: dict) -> tuple[str, dict]:
+    """A method folder of another run of this script (``OTHER/<method>`` with its result.json and model.onnx), to be
+    benched and reported next to this run's methods: returns (key, result). It must be pruned from the same
+    baseline: same layers, and, when OTHER/comparison.json is there, the same dense test error and MACs."""
+    folder = Path(folder)
+    done = folder / "result.json"
+    if not done.is_file():
+        raise SystemExit(f"--include {folder}: no result.json there; give a method folder of a finished run "
+                         "(e.g. runs/OTHER/tp-groupnorm-sl)")
+    r = json.loads(done.read_text())
+    if "skipped" in r:
+        raise SystemExit(f"--include {folder}: that method was skipped ({r['skipped']}); include one that ran")
+    onnx = Path(r["onnx"])
+    if not onnx.is_file():
+        onnx = folder / onnx.name
+        if not onnx.is_file():
+            raise SystemExit(f"--include {folder}: its model {r['onnx']} is missing; rerun that method")
+    if r["layers"] != dense["layers"]:
+        raise SystemExit(f"--include {folder}: its layers are not this baseline's; include a run of the same "
+                         "--arch and baseline")
+    other = folder.parent / "comparison.json"
+    if other.is_file():
+        od = json.loads(other.read_text())["dense"]
+        if od["macs"] != dense["macs"] or abs(od["top1_error"] - dense["top1_error"]) > 1e-9:
+            raise SystemExit(f"--include {folder}: pruned from another baseline (dense test error "
+                             f"{od['top1_error']:.2%}, {od['macs']:,} MACs; here {dense['top1_error']:.2%}, "
+                             f"{dense['macs']:,}); include a run of the same --baseline")
+    tag = folder.parent.name
+    key = f"{r['method']}@{tag}"
+    label = r["label"]
+    r = {**r, "onnx": str(onnx), "label": f"{label} [{tag}]", "short": f"{label.split(' ', 1)[0]} {tag}",
+         "included_from": str(folder)}
+    return key, r
+
+
 def output_layer(model: nn.Module) -> nn.Module:
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     return layers[-1]
@@ -473,6 +512,27 @@ def measure_latency(s: Settings, dense_onnx: Path, slim: dict[str, str]) -> dict
     return out
 
 
+def versus(latency: dict, ref: str, seed: int = 0) -> dict:
+    """Every other slim model against ``ref`` in the same alternating run: ref's median latency ÷ the model's (above
+    1: the model is faster than ref), with edgeprune.bench's paired block bootstrap (block k of ref against block k
+    of the model, run in the same round)."""
+    from edgeprune.bench.stats import speedup, split_blocks
+
+    def blocks(m: dict):
+        counts = m.get("block_counts")
+        return split_blocks(m["samples_ms"], counts) if counts is not None else list(m["samples_ms"])
+
+    models = {m["label"]: m for m in latency["bench"]["models"]}
+    out: dict = {"ref": ref}
+    for label, m in models.items():
+        if label in ("dense", ref):
+            continue
+        sp = speedup(blocks(models[ref]), blocks(m), seed=seed)
+        out[label] = {"ratio_median": sp["median"], "ci95": sp["ci95"]["median"],
+                      "interval_unit": sp.get("interval_unit"), "block_pairs": sp.get("block_pairs")}
+    return out
+
+
 def predict_latency(s: Settings, results: dict, latency: dict) -> dict:
     """Each slim model's latency predicted from the table (its group widths) against this run's measurement:
     ``error`` = predicted ÷ measured − 1 (absolute ms: the table was measured at another time, under another load)
@@ -541,7 +601,8 @@ def markdown(report: dict) -> str:
             f"| {speed} |")
     ran = {k: r for k, r in report["methods"].items() if "skipped" not in r}
     lines += ["", "Channels per layer of the slim model (dense widths first):", "",
-              "| layer | dense | " + " | ".join(r["label"].split(" ", 1)[0] for r in ran.values()) + " |",
+              "| layer | dense | " + " | ".join(r.get("short") or r["label"].split(" ", 1)[0] for r in ran.values())
+              + " |",
               "|---|---:|" + "---:|" * len(ran)]
     for i, name in enumerate(dense["layers"]):
         cells = []
@@ -564,6 +625,20 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['label']} | {p['predicted_ms']:.4f} ms | {p['measured_ms']:.4f} ms "
                          f"| {100 * p['error']:+.1f} % | {p['predicted_speedup']:.2f}× | {p['measured_speedup']:.2f}× "
                          f"| {100 * p['error_scaled']:+.1f} % |")
+    vs = lat.get("versus") if lat else None
+    if vs:
+        ref = report["methods"][vs["ref"]]
+        lines += ["", f"Latency against {ref['label']} in the same alternating run ({ref['label'].split(' ', 1)[0]} "
+                      "median ÷ this model's; above 1: this model is faster; paired block bootstrap):", "",
+                  "| method | test top-1 error | MACs | median latency | ratio [95 % interval] |",
+                  "|---|---:|---:|---:|---:|"]
+        for key, v in vs.items():
+            if key == "ref":
+                continue
+            r, (lo, hi) = report["methods"][key], v["ci95"]
+            unit = "" if v["interval_unit"] == "block" else " (per run: too few blocks)"
+            lines.append(f"| {r['label']} | {r['top1_error']:.2%} | {r['macs']:,} "
+                         f"| {lat[key]['median_ms']:.3f} ms | {v['ratio_median']:.3f} [{lo:.3f}, {hi:.3f}]{unit} |")
     lines += ["", _budget_text(report)]
     notes = [f"- {r['label']}: {r['note']}" for r in report["methods"].values() if r.get("note")]
     if notes:
@@ -591,21 +666,27 @@ def _budget_text(report: dict) -> str:
         + (f"rounded up to multiples of {st['round_channels']}." if st.get("round_channels")
            else "exact (no rounding)."),
     ]
-    tp = report["methods"].get(METHODS["c"].key)
-    if tp and "skipped" not in tp:
+    for key, tp in report["methods"].items():
+        if "skipped" in tp or "tp" not in tp:
+            continue
         c = tp["config"]
+        who = f"{tp['label']}, from {tp['included_from']}: " if "included_from" in tp else ""
         parts.append(
-            f"Torch-Pruning {c['torch_pruning']}: GroupNormPruner(reg {c['reg']:.3g}, α 16, global, 400 iterative "
-            f"steps), {c['importance']}; {tp['epochs_split']} epochs (lr {c['sparse_lr']:g}, momentum 0.9; "
+            f"{who}Torch-Pruning {c['torch_pruning']}: GroupNormPruner(reg {c['reg']:.3g}, α 16, global, 400 "
+            f"iterative steps), {c['importance']}; {tp['epochs_split']} epochs (lr {c['sparse_lr']:g}, momentum 0.9; "
             f"fine-tune weight decay {c['finetune_weight_decay']:g}, cosine); pruned in {tp['tp']['prune_steps']} "
             f"steps to {tp['macs']:,} MACs vs target {c['target_macs']:,} ({c['target']}; "
             f"{100 * tp['tp']['macs_rel_error']:+.1f} %, "
             f"{'within' if tp['tp']['macs_matched'] else 'OUTSIDE'} ±{100 * tp['tp']['macs_tolerance']:g} %).")
+    included = [r for r in report["methods"].values() if "included_from" in r and "tp" not in r]
+    if included:
+        parts.append("Included from other runs of the same baseline (trained there, benched here): "
+                     + "; ".join(f"{r['label']} from {r['included_from']}" for r in included) + ".")
     lat = report.get("latency")
     if lat:
         bm = lat["bench"]
         sources = sorted({str(v["interval_method"]) for k, v in lat.items()
-                          if k not in ("dense", "bench", "predicted")})
+                          if k not in ("dense", "bench", "predicted", "versus")})
         parts.append(f"Latency: ONNX Runtime, 1 thread, batch 1, {bm['runs']} runs per model after {bm['warmup']} "
                      f"warm-up, alternating blocks of {bm['block_size']} (all models in one process); speedup = "
                      f"dense median ÷ slim median; 95 % interval (edgeprune.bench): {'; '.join(sources)}.")
@@ -661,6 +742,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     ap.add_argument("--target-speedup", type=float, default=None,
                     help="method e stops pruning at this predicted speedup (compress --target-speedup)")
     ap.add_argument("--bench-runs", type=int, default=d.bench_runs)
+    ap.add_argument("--include", action="append", default=[], metavar="DIR",
+                    help="a method folder of another run of this script from the same baseline (e.g. "
+                         "runs/OTHER/tp-groupnorm-sl): its slim model is benched in this run's alternating "
+                         "blocks and reported as a row of its own (repeatable)")
     args = ap.parse_args(argv)
     s = Settings(arch=args.arch, width=args.width, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                  baseline_epochs=args.baseline_epochs, train_subset=args.train_subset or None,
@@ -677,8 +762,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
 
 
 def run(s: Settings, out: Path, data: DataBundle, baseline: Path | None = None, methods: str = "a,b,c,d",
-        command: str = "", full_train_images: int | None = None) -> dict:
-    """Every stage into ``out``; returns the report (also written as comparison.json / comparison.md)."""
+        command: str = "", full_train_images: int | None = None, include: list[str] | tuple = ()) -> dict:
+    """Every stage into ``out``; returns the report (also written as comparison.json / comparison.md).
+    ``include``: method folders of other runs (load_included) benched and reported after this run's methods."""
     from edgeprune.bench.environment import cpu_model
 
     t_start = time.time()
@@ -702,6 +788,14 @@ def run(s: Settings, out: Path, data: DataBundle, baseline: Path | None = None, 
              "train_images": base.meta.get("train_images")}
     seconds["baseline"] = time.time() - t
     stamp(f"dense: test error {dense['top1_error']:.2%}, {dense['macs']:,} MACs, channels {dense['channels']}")
+
+    included: dict[str, dict] = {}  # checked before any training, reported after this run's methods
+    for folder in include:
+        key, r = load_included(Path(folder), dense)
+        if key in included:
+            raise SystemExit(f"--include {folder}: given twice")
+        included[key] = r
+        stamp(f"{r['label']}: included from {folder} (test error {r['top1_error']:.2%}, MACs {r['macs']:,})")
 
     results: dict[str, dict] = {}
     for letter in [x.strip() for x in methods.split(",") if x.strip()]:
@@ -732,11 +826,15 @@ def run(s: Settings, out: Path, data: DataBundle, baseline: Path | None = None, 
         results[m.key] = r
         stamp(f"{m.label}: test error {r['top1_error']:.2%}, MACs {r['macs']:,}, {seconds[m.key]:.0f} s")
 
+    results.update(included)
+
     t = time.time()
     slim = {k: r["onnx"] for k, r in results.items() if "skipped" not in r}
     latency = measure_latency(s, dense_path, slim) if slim else None
     if latency and s.latency_table:
         latency["predicted"] = predict_latency(s, results, latency)
+    if latency and METHODS["e"].key in latency and len(slim) > 1:
+        latency["versus"] = versus(latency, METHODS["e"].key, seed=s.seed)
     seconds["latency"] = time.time() - t
     report = {
         "settings": dataclasses.asdict(s),
@@ -752,7 +850,7 @@ def run(s: Settings, out: Path, data: DataBundle, baseline: Path | None = None, 
     }
     # Seconds of methods reused from an earlier invocation come from their result.json.
     for k, r in results.items():
-        if k not in seconds and "seconds" in r:
+        if k not in seconds and "seconds" in r and "included_from" not in r:
             report["budget"]["seconds"][k] = r["seconds"]
     _io.write_json(out / "comparison.json", report)
     text = markdown(report)
@@ -769,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     given = argv if argv is not None else sys.argv[1:]
     command = " ".join([".venv/bin/python", "scripts/compare_structured.py", *given])
     report = run(s, Path(args.out), data, baseline=args.baseline, methods=args.methods, command=command,
-                 full_train_images=len(full.train))
+                 full_train_images=len(full.train), include=args.include)
     print(markdown(report))
     print(f"\n{report['budget']['total_seconds'] / 60:.1f} min; results in {Path(args.out) / 'comparison.json'}")
     return 0

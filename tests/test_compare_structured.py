@@ -125,4 +125,68 @@ def test_latency_aware_method_predicts_and_measures(cs, tmp_path, one_thread):
         assert p["error"] == pytest.approx(p["predicted_ms"] / p["measured_ms"] - 1)
         widths = dict(zip(report["methods"][key]["layers"], report["methods"][key]["channels"]))
         assert p["predicted_ms"] == pytest.approx(table.predict({g.root: widths[g.root] for g in table.groups}))
-    assert "Latency predicted from the table" in (tmp_path / "comparison.md").read_text()
+    text = (tmp_path / "comparison.md").read_text()
+    assert "Latency predicted from the table" in text
+    # Every other slim model against (e), from the same blocks: (e)'s median ÷ the model's.
+    vs = report["latency"]["versus"]
+    assert vs["ref"] == "serene-lb-latency" and set(vs) == {"ref", "tp-groupnorm-sl"}
+    v = vs["tp-groupnorm-sl"]
+    lat = report["latency"]
+    e_ms, tp_ms = lat["serene-lb-latency"]["median_ms"], lat["tp-groupnorm-sl"]["median_ms"]
+    assert v["ratio_median"] == pytest.approx(e_ms / tp_ms)
+    lo, hi = v["ci95"]
+    assert 0 < lo <= hi and v["interval_unit"] == "block" and v["block_pairs"] == 4
+    assert f"| {v['ratio_median']:.3f} [{lo:.3f}, {hi:.3f}] |" in text and "Latency against (e)" in text
+
+
+def test_include_benches_another_runs_model_in_the_same_alternating_run(cs, tmp_path, one_thread):
+    """--include: Torch-Pruning at one MACs target from an earlier run, next to this run's TP at another target, in
+    one bench (same blocks, each against the dense model of its round) and in one table."""
+    import json
+
+    data = _synthetic()
+    settings = cs.Settings(arch="resnet20-cifar", width=4, epochs=2, baseline_epochs=1, train_subset=None,
+                           batch_size=32, bench_runs=20, bench_warmup=2, bench_block=5, bench_warmup_seconds=0.0,
+                           tp_target_ratio=0.6)
+    base = cs.train_baseline(settings, data, tmp_path / "baseline.pt")
+    first = cs.run(settings, tmp_path / "r60", data, baseline=base, methods="c", command="pytest")
+    settings.tp_target_ratio = 0.8
+    folder = tmp_path / "r60" / "tp-groupnorm-sl"
+    report = cs.run(settings, tmp_path / "r80", data, baseline=base, methods="c", command="pytest",
+                    include=[str(folder)])
+
+    key = "tp-groupnorm-sl@r60"
+    assert list(report["methods"]) == ["tp-groupnorm-sl", key]
+    mine, other = report["methods"]["tp-groupnorm-sl"], report["methods"][key]
+    assert other["top1_error"] == first["methods"]["tp-groupnorm-sl"]["top1_error"]
+    assert other["macs"] < mine["macs"]  # 0.6 vs 0.8 of the dense MACs
+    assert other["included_from"] == str(folder)
+    bench = report["latency"]["bench"]
+    assert [m["label"] for m in bench["models"]] == ["dense", "tp-groupnorm-sl", key]
+    for k in ("tp-groupnorm-sl", key):
+        assert report["latency"][k]["interval_unit"] == "block" and report["latency"][k]["block_pairs"] == 4
+    table = (tmp_path / "r80" / "comparison.md").read_text()
+    assert f"| {other['label']} | {other['epochs_split']} | {other['top1_error']:.2%} |" in table
+    assert "| layer | dense | (c) | (c) r60 |" in table
+    assert f"from {folder}: Torch-Pruning" in table and "0.6 × dense MACs" in table
+    assert key not in report["budget"]["seconds"]  # trained elsewhere: not this run's budget
+
+    # Bad input stops before any training, with what is wrong and what to do.
+    with pytest.raises(SystemExit, match="no result.json there"):
+        cs.run(settings, tmp_path / "bad", data, baseline=base, methods="c", include=[str(tmp_path / "r60")])
+    assert not (tmp_path / "bad" / "tp-groupnorm-sl").exists()
+    comparison = tmp_path / "r60" / "comparison.json"
+    other_base = json.loads(comparison.read_text())
+    other_base["dense"]["top1_error"] += 0.01
+    comparison.write_text(json.dumps(other_base))
+    with pytest.raises(SystemExit, match="pruned from another baseline"):
+        cs.run(settings, tmp_path / "bad", data, baseline=base, methods="", include=[str(folder)])
+    with pytest.raises(SystemExit, match="given twice"):
+        comparison.unlink()
+        cs.run(settings, tmp_path / "bad", data, baseline=base, methods="", include=[str(folder), str(folder)])
+
+
+def test_include_is_a_repeatable_option(cs):
+    _, args = cs.parse_args(["--include", "runs/x/tp-groupnorm-sl", "--include", "runs/y/tp-groupnorm-sl"])
+    assert args.include == ["runs/x/tp-groupnorm-sl", "runs/y/tp-groupnorm-sl"]
+    assert cs.parse_args([])[1].include == []
