@@ -102,6 +102,11 @@ def compress(
                           latency_table=str(latency_table) if latency_table else None,
                           target_latency=target_latency, target_speedup=target_speedup,
                           latency_penalty=latency_penalty)
+        if cfg.latency_table is not None:  # refuse a foreign table before the run folder exists
+            from ..latency import check_table_for_run
+
+            check_table_for_run(cfg.latency_table, model, round_channels=round_channels if not no_surgery else None,
+                                prune=cfg.prune)
         with distributed.session(cfg.device):
             summary = run_compress(model, out, cfg, options=options)
             main = distributed.is_main()
@@ -136,7 +141,11 @@ def compress(
     lat = summary.get("latency")
     if lat:
         m = lat.get("measured")
-        target = f", target {lat['target_ms']:.4f} ms" if lat.get("target_ms") is not None else ""
+        target = ""
+        if lat.get("target_ms") is not None:
+            target = f", target {lat['target_ms']:.4f} ms" + (
+                " reached" if lat.get("predicted_meets_target") else
+                " not reached (the accuracy target stopped pruning first)")
         echo(f"latency on {lat['device']}: predicted {lat['predicted_ms']:.4f} ms ({lat['predicted_speedup']:.2f}x)"
              + (f", measured {m['slim_ms']:.4f} ms ({m['speedup']:.2f}x), prediction error {m['error']:+.1%}"
                 if m else "") + target)
