@@ -400,3 +400,15 @@ def test_profile_of_a_model_cut_by_parts_says_tables_do_not_support_it():
     with pytest.raises(ConfigError, match="latency tables do not yet support models that torch-pruning can only cut "
                                           "by parts"):
         profile_model(m, (3, 32, 32), runs=2, warmup=0)
+
+
+def test_the_final_line_says_whether_the_target_was_reached():
+    from edgeprune.cli.compress import latency_line
+
+    lat = {"device": "cpu", "predicted_ms": 0.09, "predicted_speedup": 1.2, "target_ms": 0.0108,
+           "predicted_meets_target": False}
+    assert "target 0.0108 ms not reached (the accuracy target stopped pruning first)" in latency_line(lat)
+    lat.update(target_ms=0.1, predicted_meets_target=True)
+    assert latency_line(lat).endswith("target 0.1000 ms reached")
+    lat.update(target_ms=None, predicted_meets_target=None)
+    assert "target" not in latency_line(lat)

@@ -140,15 +140,7 @@ def compress(
          f"{len(summary['thresholds'])} threshold steps ({summary['stop_reason']}{extra})")
     lat = summary.get("latency")
     if lat:
-        m = lat.get("measured")
-        target = ""
-        if lat.get("target_ms") is not None:
-            target = f", target {lat['target_ms']:.4f} ms" + (
-                " reached" if lat.get("predicted_meets_target") else
-                " not reached (the accuracy target stopped pruning first)")
-        echo(f"latency on {lat['device']}: predicted {lat['predicted_ms']:.4f} ms ({lat['predicted_speedup']:.2f}x)"
-             + (f", measured {m['slim_ms']:.4f} ms ({m['speedup']:.2f}x), prediction error {m['error']:+.1%}"
-                if m else "") + target)
+        echo(latency_line(lat))
     written = [n for n in ("masked.pt", "model.pt", "model.onnx", "model.ptl", "model.ort", "report.md")
                if (Path(run_dir) / n).exists()]
     echo(f"wrote {run_dir}: {', '.join(written)}")
@@ -178,3 +170,17 @@ def _int8_verdict(summary: dict) -> None:
         from ..export.quantize import gate_message
 
         raise QuantizationGateError(gate_message({**q, "stem": "model"}))
+
+
+def latency_line(lat: dict) -> str:
+    """The final line of a run with a latency table (compress.json ``latency``): predicted (and measured) latency,
+    and whether the target was reached."""
+    m = lat.get("measured")
+    target = ""
+    if lat.get("target_ms") is not None:
+        target = f", target {lat['target_ms']:.4f} ms" + (
+            " reached" if lat.get("predicted_meets_target") else
+            " not reached (the accuracy target stopped pruning first)")
+    return (f"latency on {lat['device']}: predicted {lat['predicted_ms']:.4f} ms ({lat['predicted_speedup']:.2f}x)"
+            + (f", measured {m['slim_ms']:.4f} ms ({m['speedup']:.2f}x), prediction error {m['error']:+.1%}"
+               if m else "") + target)
