@@ -407,7 +407,8 @@ def test_the_final_line_says_whether_the_target_was_reached():
 
     lat = {"device": "cpu", "predicted_ms": 0.09, "predicted_speedup": 1.2, "target_ms": 0.0108,
            "predicted_meets_target": False}
-    assert "target 0.0108 ms not reached (the accuracy target stopped pruning first)" in latency_line(lat)
+    assert "target 0.0108 ms not reached: the accuracy target stopped pruning first" in latency_line(lat, "accuracy")
+    assert "not reached: the epoch budget (--max-epochs) stopped pruning first" in latency_line(lat, "max_epochs")
     lat.update(target_ms=0.1, predicted_meets_target=True)
     assert latency_line(lat).endswith("target 0.1000 ms reached")
     lat.update(target_ms=None, predicted_meets_target=None)
