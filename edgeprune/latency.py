@@ -8,12 +8,20 @@ benchmark run with the protocol and runners of ``edgeprune bench`` (locally thro
 over ADB). The lookup table (JSON, :data:`SCHEMA`) holds, per group, the measured widths and the latency change of
 the whole model at each, in milliseconds, with the device record and the protocol.
 
-The model the table stands for is **additive**: the latency of a network whose groups have widths ``w_g`` is
+The model the table stands for is **multiplicative**: each group's measured curve is a latency *ratio*
+``r_g(w) = (baseline_ms + Δ_g(w)) / baseline_ms`` (1 at full width), and the latency of a network whose groups have
+widths ``w_g`` is
 
-    predicted(w) = baseline_ms + Σ_g Δ_g(w_g),   Δ_g(size_g) = 0,
+    predicted(w) = baseline_ms · Π_g max(r_g(w_g), RATIO_FLOOR),   Δ_g(size_g) = 0,
 
 where ``Δ_g`` interpolates the measured changes linearly between measured widths (and extrapolates the last segment
-below the narrowest). A neuron's *marginal latency* in group g at ``a`` alive neurons is the slope of the segment
+below the narrowest). For one narrowed group this is exactly the measured latency; for several it never goes below
+zero (every factor is positive) and it saves less than the sum of the single-group savings: a layer whose input
+and output channels both shrink costs about ``w_in · w_out``, which the product of the two ratios models and the sum
+of the two savings double-counts. ``RATIO_FLOOR`` (5 %) bounds a single group's extrapolated ratio: no group can
+make the model run more than 20× faster by itself.
+
+A neuron's *marginal latency* in group g at ``a`` alive neurons is the slope of the segment
 at or below ``a``: the milliseconds one neuron fewer buys, ``(Δ_g(hi) − Δ_g(lo)) / (hi − lo)``; segments that
 measured no gain (noise, or a width that runs no faster) get a floor of 1 % of the largest mean slope of any
 group, so every cost stays positive and such neurons rank as nearly free of gain. Widths are rounded up to the
@@ -45,6 +53,8 @@ UNITS = {"latency": "ms (median of the timed runs, batch 1)", "width": "channels
 FLOOR = 0.01
 """A segment's slope is at least FLOOR × the largest mean slope of any group (see the module docstring)."""
 DEFAULT_FRACTIONS = (0.75, 0.5, 0.25)
+RATIO_FLOOR = 0.05
+"""The smallest latency ratio one group's factor of the prediction can take (see the module docstring)."""
 
 
 @dataclasses.dataclass
@@ -151,12 +161,23 @@ class LatencyTable:
         raise KeyError(root)
 
     def predict(self, widths: dict[str, int]) -> float:
-        """Predicted latency (ms) with these group widths (root → alive neurons; groups not given stay dense)."""
+        """Predicted latency (ms) with these group widths (root → alive neurons; groups not given stay dense):
+        ``baseline_ms · Π_g max(1 + Δ_g(w_g) / baseline_ms, RATIO_FLOOR)`` — positive, see the module docstring."""
         total = self.baseline_ms
         for g in self.groups:
             if g.root in widths:
-                total += g.delta(min(g.size, self.rounded(int(widths[g.root]))))
+                total *= self.ratio(g, widths[g.root])
         return total
+
+    def ratio(self, g: GroupEntry, width: int) -> float:
+        """Group ``g``'s factor of the prediction at ``width`` alive neurons (rounded as surgery will)."""
+        if self.baseline_ms <= 0:
+            return 1.0
+        return max(1.0 + g.delta(min(g.size, self.rounded(int(width)))) / self.baseline_ms, RATIO_FLOOR)
+
+    def min_predicted_ms(self) -> float:
+        """The prediction with every group at its narrowest measured width: the least the table can vouch for."""
+        return self.predict({g.root: g.widths[-1] for g in self.groups})
 
     def floor_ms(self) -> float:
         slopes = [g.mean_slope() for g in self.groups]
@@ -168,8 +189,11 @@ class LatencyTable:
         g = self.entry(root)
         return max(g.slope(min(g.size, self.rounded(alive))), self.floor_ms())
 
-    def check_groups(self, groups, source: str = "the latency table") -> None:
-        """Raise ConfigError unless the table covers exactly these neuron groups at these sizes."""
+    def check_groups(self, groups, source: str = "the latency table", input_shape: Sequence[int] | None = None,
+                     round_channels: int | None | bool = False) -> None:
+        """Raise ConfigError unless the table covers exactly these neuron groups at these sizes, was profiled at
+        ``input_shape`` (when given) and with the run's ``round_channels`` (when given; ``False`` skips the check).
+        A different checkpoint of the same architecture is fine: a table is made on the baseline."""
         have = {g.root: g.size for g in self.groups}
         want = {g.root: g.size for g in groups}
         if have != want:
@@ -177,6 +201,20 @@ class LatencyTable:
             raise ConfigError(f"{source} was profiled for other layers or widths than this model (e.g. "
                               f"{', '.join(f'{r}:{s}' for r, s in diff)}); profile this model with "
                               "`edgeprune profile MODEL`")
+        shape = (self.model or {}).get("input_shape")
+        if input_shape is not None and shape is not None and [int(v) for v in shape] != [int(v) for v in input_shape]:
+            fmt = ",".join
+            raise ConfigError(f"{source} was profiled for input shape {fmt(map(str, shape))}, this run's model takes "
+                              f"{fmt(str(int(v)) for v in input_shape)}; profile this model: `edgeprune profile MODEL "
+                              f"--input-shape {fmt(str(int(v)) for v in input_shape)} --out TABLE.json`")
+        if round_channels is not False and (self.round_channels or None) != (round_channels or None):
+            if self.round_channels:
+                fix = f"add --round-channels {self.round_channels} to compress"
+            else:
+                fix = "drop --round-channels from compress"
+            raise ConfigError(f"{source} was profiled with --round-channels {self.round_channels or 'none'}, this run "
+                              f"uses {round_channels or 'none'}: its predictions would not match the shipped widths; "
+                              f"{fix}, or profile again with the run's --round-channels")
 
 
 def group_widths(groups, masks) -> dict[str, int]:
@@ -276,9 +314,16 @@ def profile_model(model: nn.Module, input_shape: Sequence[int], *, device: str =
     if runs < 1 or warmup < 0:
         raise ConfigError("--runs must be at least 1 and --warmup at least 0")
     t0 = time.perf_counter()
+    from .surgery.parts import TraceError
+
     shape = tuple(int(s) for s in input_shape)
     model = model.cpu().eval()
-    groups = neuron_groups(model, shape)
+    try:
+        groups = neuron_groups(model, shape)
+    except TraceError:
+        raise ConfigError("latency tables do not yet support models that torch-pruning can only cut by parts (e.g. "
+                          "ShuffleNetV2); compress this model without --neuron-cost latency: / --latency-table "
+                          "(--neuron-cost macs ranks by compute instead)") from None
     if not groups:
         raise ConfigError("the model has no prunable neuron group (nothing between input and output layer to "
                           "narrow); there is nothing to profile")
@@ -380,6 +425,28 @@ def _profile_adb(model, variants, labels, shape, *, runs, warmup, threads, seed,
 
 
 # --- predicted vs measured ------------------------------------------------------------------------------------------
+
+
+def check_table_for_run(path: str | Path, model_path: str | Path, input_shape: Sequence[int] | None = None,
+                        round_channels: int | None = None, prune: str = "neurons") -> LatencyTable:
+    """Load the latency table of a compress run and check it against the run's model (its neuron groups, input
+    shape) and ``--round-channels`` — before the run folder is made, so a refused run leaves nothing behind."""
+    from .checkpoint import load_checkpoint
+    from .threshold.neurons import traceable_neuron_groups
+
+    table = LatencyTable.load(path)
+    try:
+        loaded = load_checkpoint(model_path)
+    except Exception:  # noqa: BLE001 - the run reports a model it cannot load; the table itself was checked
+        return table
+    shape = tuple(input_shape or loaded.meta.get("input_shape") or table.model.get("input_shape") or ())
+    if not shape:
+        return table  # the run itself finds the shape from the data and checks the groups
+    groups = traceable_neuron_groups(loaded.model.eval(), tuple(int(v) for v in shape)) \
+        if prune in ("neurons", "both") else []
+    # Without neuron groups (--prune weights) the table only predicts: its layers are not checked, the rest is.
+    table.check_groups(groups or table.groups, str(path), input_shape=shape, round_channels=round_channels)
+    return table
 
 
 def target_ms(table: LatencyTable, target_latency: float | None, target_speedup: float | None) -> float | None:

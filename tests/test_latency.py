@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from edgeprune.cli import main
 from edgeprune.errors import ConfigError
-from edgeprune.latency import (SCHEMA, GroupEntry, LatencyTable, neuron_latency_costs, profile_model,
+from edgeprune.latency import (RATIO_FLOOR, SCHEMA, GroupEntry, LatencyTable, neuron_latency_costs, profile_model,
                                profile_widths, widths_of_module)
 from edgeprune.masks import full_masks
 from edgeprune.models import create_model
@@ -91,7 +94,9 @@ def test_prediction_and_marginal_latency_follow_the_documented_rule():
     t = LatencyTable(1.0, [e, f], {"kind": "cpu"}, {"device": "cpu"}, {})
     assert e.delta(7) == pytest.approx(-0.1) and e.delta(5) == pytest.approx(-0.25)
     assert e.delta(2) == pytest.approx(-0.4)  # below the narrowest: its segment extended
-    assert t.predict({"a": 6, "b": 2}) == pytest.approx(1.0 - 0.2 - 0.02)
+    # Several groups: the product of their latency ratios (one group alone: exactly its measured latency).
+    assert t.predict({"a": 6}) == pytest.approx(0.8) and t.predict({"b": 2}) == pytest.approx(0.98)
+    assert t.predict({"a": 6, "b": 2}) == pytest.approx(0.8 * 0.98)
     assert t.predict({}) == 1.0
     assert t.marginal("a", 8) == pytest.approx(0.1) and t.marginal("a", 5) == pytest.approx(0.05)
     # A segment that measured a slow-down gets the floor: 1 % of the largest mean slope (a: 0.3 / 4).
@@ -101,6 +106,50 @@ def test_prediction_and_marginal_latency_follow_the_documented_rule():
     # Rounded tables look widths up as surgery will ship them (7 alive → 8 wide when rounding to 4).
     t3 = LatencyTable(1.0, [e], {}, {}, {}, round_channels=4)
     assert t3.predict({"a": 7}) == 1.0 and t3.predict({"a": 4}) == pytest.approx(0.7)
+
+
+def test_prediction_stays_positive_when_every_group_is_narrowed_together():
+    """The additive rule (dense + Σ Δ) went below zero when several groups were cut together (LeNet-5's measured
+    table at widths 5/13/125 predicted −0.03 ms): the product of ratios stays positive, saves less than the sum of
+    the single-group savings, and each factor is floored."""
+    m = create_model("lenet5")
+    groups = neuron_groups(m, (1, 28, 28))
+    # Each group alone at width 1 saves 60 % of the dense latency: additively 3 groups would predict −0.8 ms.
+    table = _hand_table(groups, {g.root: 0.6 / (g.size - 1) for g in groups}, base=1.0)
+    narrow = {g.root: 1 for g in groups}
+    additive = 1.0 + sum(table.entry(g.root).delta(1) for g in groups)
+    assert additive < 0 < table.predict(narrow)
+    assert table.predict(narrow) == pytest.approx(0.4 ** len(groups))
+    for g in groups:  # one group alone: its measured latency, as before
+        assert table.predict({g.root: 1}) == pytest.approx(0.4)
+    # Extrapolated far below the narrowest measured width a group's factor is floored, never negative.
+    e = GroupEntry("a", 8, ["a"], [], [8, 4], [1.0, 0.2], [0.0, -0.8])
+    t = LatencyTable(1.0, [e], {}, {}, {})
+    assert e.delta(1) < -1.0 and t.predict({"a": 1}) == pytest.approx(RATIO_FLOOR)
+    assert t.min_predicted_ms() == pytest.approx(0.2)
+    # Marginal latencies (the ranking cost) stay positive even where a segment measured a slow-down.
+    g = GroupEntry("c", 4, ["c"], [], [4, 2], [1.0, 1.5], [0.0, 0.5])
+    t2 = LatencyTable(1.0, [e, g], {}, {}, {})
+    assert all(t2.marginal(r, w) > 0 for r, w in (("a", 8), ("a", 3), ("c", 4), ("c", 1)))
+
+
+def test_a_table_for_another_input_shape_or_rounding_is_refused():
+    m = create_model("lenet5")
+    groups = neuron_groups(m, (1, 28, 28))
+    table = _hand_table(groups, {g.root: 1e-3 for g in groups})
+    table.model = {"arch": "lenet5", "input_shape": [1, 32, 32], "checkpoint": "other.pt", "sha256": "x"}
+    with pytest.raises(ConfigError, match=r"input shape 1,32,32.*1,28,28.*edgeprune profile"):
+        table.check_groups(groups, input_shape=(1, 28, 28))
+    table.model["input_shape"] = [1, 28, 28]
+    table.check_groups(groups, input_shape=(1, 28, 28))  # another checkpoint of the same architecture is fine
+    table.round_channels = 8
+    with pytest.raises(ConfigError, match="add --round-channels 8"):
+        table.check_groups(groups, round_channels=None)
+    table.check_groups(groups, round_channels=8)
+    table.round_channels = None
+    with pytest.raises(ConfigError, match="drop --round-channels"):
+        table.check_groups(groups, round_channels=4)
+    table.check_groups(groups, round_channels=None)
 
 
 def test_malformed_or_foreign_tables_are_clear_errors(tmp_path):
@@ -193,7 +242,7 @@ def test_compress_stops_at_the_latency_target_and_reports_predicted_vs_measured(
     slim_widths = widths_of_module(load_checkpoint(tmp_path / "run" / "model.pt").model, SHAPE)
     removed = sum(g.size for g in groups) - sum(slim_widths.values())
     assert removed == 3 and summary["stop_reason"] == "latency_target"
-    assert lat["predicted_ms"] == pytest.approx(0.5 - 3e-3) and lat["predicted_meets_target"]
+    assert lat["predicted_ms"] == pytest.approx(0.5 * (1 - 2e-3) ** 3, rel=1e-3) and lat["predicted_meets_target"]
     assert lat["widths"] == slim_widths
     m = lat["measured"]
     assert m["slim_ms"] > 0 and m["dense_ms"] > 0 and m["runs"] == 500
@@ -295,3 +344,72 @@ def test_profile_on_an_adb_device_records_the_phone(bn_setup, device, tmp_path, 
     assert "EML-L29" in json.dumps(table.device)
     assert table.baseline_ms > 0 and all(v > 0 for g in table.groups for v in g.latency_ms)
     assert len(table.groups) == 4 and "wrote" in captured.out
+
+
+def test_compress_refuses_a_bad_table_before_making_the_run_folder(tmp_path, capsys):
+    """Missing, invalid, foreign (other layers, input shape or rounding) tables: one error line, exit 1, and no run
+    folder left behind."""
+    from edgeprune.checkpoint import save_checkpoint
+
+    m = create_model("lenet5")
+    ck = tmp_path / "lenet.pt"
+    save_checkpoint(ck, m, meta={"dataset": "fashion-mnist", "input_shape": [1, 28, 28]})
+    groups = neuron_groups(m, (1, 28, 28))
+    good = _hand_table(groups, {g.root: 1e-3 for g in groups})
+    good.model = {"arch": "lenet5", "input_shape": [1, 28, 28]}
+    (tmp_path / "bad.json").write_text("{not json")
+    other = _hand_table(groups, {g.root: 1e-3 for g in groups})
+    other.groups[0].root = "features.not_here"
+    other.model = dict(good.model)
+    shape = _hand_table(groups, {g.root: 1e-3 for g in groups})
+    shape.model = {"arch": "lenet5", "input_shape": [1, 32, 32]}
+    rounded = _hand_table(groups, {g.root: 1e-3 for g in groups}, round_channels=8)
+    rounded.model = dict(good.model)
+    cases = [(tmp_path / "missing.json", [], "not found"), (tmp_path / "bad.json", [], "not valid JSON"),
+             (other.save(tmp_path / "other.json"), [], "other layers"),
+             (shape.save(tmp_path / "shape.json"), [], "input shape 1,32,32"),
+             (rounded.save(tmp_path / "rounded.json"), [], "--round-channels 8"),
+             (good.save(tmp_path / "good.json"), ["--round-channels", "4"], "drop --round-channels")]
+    for i, (table, extra, message) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        rc = main(["compress", str(ck), "--out", str(out), "--neuron-cost", f"latency:{table}", *extra])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("error:") == 1 and message in err, (table, err)
+        assert not out.exists(), f"{out} left behind after refusing {table}"
+
+
+def test_an_unreachable_target_is_called_so_up_front(caplog):
+    from edgeprune.regularize.loop import latency_model
+
+    m = create_model("lenet5")
+    groups = neuron_groups(m, (1, 28, 28))
+    table = _hand_table(groups, {g.root: 0.1 / (g.size - 1) for g in groups}, base=1.0)
+    with tempfile.TemporaryDirectory() as d:
+        path = table.save(Path(d) / "t.json")
+        with caplog.at_level(logging.WARNING, logger="edgeprune.regularize.loop"):
+            latency_model(_config(latency_table=str(path), target_speedup=10.0), groups, (1, 28, 28))
+        assert "likely unreachable" in caplog.text
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="edgeprune.regularize.loop"):
+            latency_model(_config(latency_table=str(path), target_speedup=1.2), groups, (1, 28, 28))
+        assert "unreachable" not in caplog.text
+
+
+def test_profile_of_a_model_cut_by_parts_says_tables_do_not_support_it():
+    m = create_model("torchvision:shufflenet_v2_x0_5", num_classes=10)
+    with pytest.raises(ConfigError, match="latency tables do not yet support models that torch-pruning can only cut "
+                                          "by parts"):
+        profile_model(m, (3, 32, 32), runs=2, warmup=0)
+
+
+def test_the_final_line_says_whether_the_target_was_reached():
+    from edgeprune.cli.compress import latency_line
+
+    lat = {"device": "cpu", "predicted_ms": 0.09, "predicted_speedup": 1.2, "target_ms": 0.0108,
+           "predicted_meets_target": False}
+    assert "target 0.0108 ms not reached: the accuracy target stopped pruning first" in latency_line(lat, "accuracy")
+    assert "not reached: the epoch budget (--max-epochs) stopped pruning first" in latency_line(lat, "max_epochs")
+    lat.update(target_ms=0.1, predicted_meets_target=True)
+    assert latency_line(lat).endswith("target 0.1000 ms reached")
+    lat.update(target_ms=None, predicted_meets_target=None)
+    assert "target" not in latency_line(lat)

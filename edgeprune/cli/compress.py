@@ -102,6 +102,11 @@ def compress(
                           latency_table=str(latency_table) if latency_table else None,
                           target_latency=target_latency, target_speedup=target_speedup,
                           latency_penalty=latency_penalty)
+        if cfg.latency_table is not None:  # refuse a foreign table before the run folder exists
+            from ..latency import check_table_for_run
+
+            check_table_for_run(cfg.latency_table, model, round_channels=round_channels if not no_surgery else None,
+                                prune=cfg.prune)
         with distributed.session(cfg.device):
             summary = run_compress(model, out, cfg, options=options)
             main = distributed.is_main()
@@ -135,11 +140,7 @@ def compress(
          f"{len(summary['thresholds'])} threshold steps ({summary['stop_reason']}{extra})")
     lat = summary.get("latency")
     if lat:
-        m = lat.get("measured")
-        target = f", target {lat['target_ms']:.4f} ms" if lat.get("target_ms") is not None else ""
-        echo(f"latency on {lat['device']}: predicted {lat['predicted_ms']:.4f} ms ({lat['predicted_speedup']:.2f}x)"
-             + (f", measured {m['slim_ms']:.4f} ms ({m['speedup']:.2f}x), prediction error {m['error']:+.1%}"
-                if m else "") + target)
+        echo(latency_line(lat, summary.get("stop_reason")))
     written = [n for n in ("masked.pt", "model.pt", "model.onnx", "model.ptl", "model.ort", "report.md")
                if (Path(run_dir) / n).exists()]
     echo(f"wrote {run_dir}: {', '.join(written)}")
@@ -169,3 +170,20 @@ def _int8_verdict(summary: dict) -> None:
         from ..export.quantize import gate_message
 
         raise QuantizationGateError(gate_message({**q, "stem": "model"}))
+
+
+_STOPPED = {"max_epochs": "the epoch budget (--max-epochs)", "max_minutes": "the time budget (--max-minutes)"}
+
+
+def latency_line(lat: dict, stop_reason: str | None = None) -> str:
+    """The final line of a run with a latency table (compress.json ``latency``): predicted (and measured) latency,
+    and whether the target was reached (if not, what stopped the pruning first: ``stop_reason``)."""
+    m = lat.get("measured")
+    target = ""
+    if lat.get("target_ms") is not None:
+        target = f", target {lat['target_ms']:.4f} ms" + (
+            " reached" if lat.get("predicted_meets_target") else
+            f" not reached: {_STOPPED.get(stop_reason, 'the accuracy target')} stopped pruning first")
+    return (f"latency on {lat['device']}: predicted {lat['predicted_ms']:.4f} ms ({lat['predicted_speedup']:.2f}x)"
+            + (f", measured {m['slim_ms']:.4f} ms ({m['speedup']:.2f}x), prediction error {m['error']:+.1%}"
+               if m else "") + target)

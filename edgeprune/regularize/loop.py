@@ -173,7 +173,7 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
     groups = traceable_neuron_groups(model, tuple(data.input_shape)) if config.prune in ("neurons", "both") else []
     score_batches = Batches(data.val, 500)  # the loss-based neuron score reads the validation split
     costs = neuron_macs(model, groups, tuple(data.input_shape)) if groups and config.neuron_cost == "macs" else None
-    table, enough = latency_model(config, groups)
+    table, enough = latency_model(config, groups, tuple(data.input_shape))
     if table is not None and config.neuron_cost.startswith("latency:"):
         costs = lambda m: neuron_latency_costs(table, groups, m)  # noqa: E731 - marginal latency at today's widths
     # Under torchrun each rank takes its slice of every global batch (config.batch_size stays the global batch).
@@ -271,20 +271,27 @@ def serene_(model: nn.Module, data, config: CompressConfig, state_path: str | Pa
                    costs, enough)
 
 
-def latency_model(config: CompressConfig, groups: list):
+def latency_model(config: CompressConfig, groups: list, input_shape: tuple | None = None):
     """(the run's latency table or None, the stop rule ``enough(widths)`` or None) — see docs/latency.md.
 
-    The table must cover exactly the model's neuron groups; the target is ``target_latency`` ms, or the table's
-    dense latency ÷ ``target_speedup``, and holds when the table's prediction for the widths is at or below it."""
+    The table must cover exactly the model's neuron groups (at ``input_shape`` when given); the target is
+    ``target_latency`` ms, or the table's dense latency ÷ ``target_speedup``, and holds when the table's prediction
+    for the widths is at or below it. A target below the prediction at every group's narrowest measured width is
+    logged as a warning up front: the table cannot vouch for it, and the accuracy target will likely stop first."""
     if not groups or config.latency_table is None:
         return None, None
     from ..latency import LatencyTable, target_ms
 
     table = LatencyTable.load(config.latency_table)
-    table.check_groups(groups, config.latency_table)
+    table.check_groups(groups, config.latency_table, input_shape=input_shape)
     target = target_ms(table, config.target_latency, config.target_speedup)
     if target is None:
         return table, None
+    floor = table.min_predicted_ms()
+    if target < floor:
+        log.warning("latency target %.4f ms is below %.4f ms (%.2fx), the table's prediction with every group at its "
+                    "narrowest measured width: it is likely unreachable; the accuracy target will stop pruning first",
+                    target, floor, table.baseline_ms / floor)
     return table, lambda widths: table.predict(widths) <= target
 
 
