@@ -315,6 +315,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
     mismatch = _state_mismatch(own, state, ignore_shapes=set(skipped))
     if mismatch:
         name = (arch_of(model) or {}).get("name", type(model).__name__)
+        first = next((k for k, v in own.items() if v.dim() == 4), None)
+        if first is not None and first in state and state[first].dim() == 4 \
+                and state[first].shape[1] != own[first].shape[1] and state[first].shape[0] == own[first].shape[0]:
+            want = int(state[first].shape[1])
+            raise CheckpointError(f"--weights {path} expects {want} input channel{'s' if want != 1 else ''} but "
+                                  f"{name} was built with {int(own[first].shape[1])}; pass --channels {want}")
         raise CheckpointError(f"--weights {path} does not fit {name} ({mismatch}); check --arch and --arch-kwargs")
     model.load_state_dict({k: (own[k] if k in skipped else v) for k, v in state.items()})
     return {"loaded": len(state) - len(skipped), "skipped": skipped}
