@@ -207,3 +207,23 @@ def test_dataset_not_found_line_reads_cleanly(tmp_path):
         load_dataset("cifar10", data_dir=tmp_path / "nothere")
     msg = str(err.value)
     assert "  " not in msg and "and their" not in msg and str(tmp_path / "nothere") in msg
+
+
+def test_refused_compress_leaves_no_out_folder(tmp_path, capsys):
+    write_folder(tmp_path / "digits", "L")
+    ck = tmp_path / "base.pt"
+    assert main(["-q", "train", "--arch", "lenet5", "--dataset", f"imagefolder:{tmp_path / 'digits'}", "--epochs", "1",
+                 "--batch-size", "8", "--device", "cpu", "--out", str(ck)]) == 0
+    write_folder(tmp_path / "rgb", "L", counts={"train": (6, 6), "test": (3, 3)})  # 2 classes, the model has 3
+    capsys.readouterr()
+    out = tmp_path / "run"
+    rc = main(["-q", "compress", str(ck), "--dataset", f"imagefolder:{tmp_path / 'rgb'}", "--max-epochs", "1",
+               "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "error:" in err
+    assert not out.exists()
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    assert main(["-q", "compress", str(ck), "--dataset", f"imagefolder:{tmp_path / 'rgb'}", "--max-epochs", "1",
+                 "--device", "cpu", "--out", str(kept)]) == 1
+    assert kept.is_dir()  # a folder that existed before is never removed
