@@ -285,8 +285,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickled modules are refused here: weights only
-        raise CheckpointError(f"--weights {p} cannot be read as weights ({_first_line(exc)}); save "
-                              "model.state_dict() or use .safetensors") from None
+        raise CheckpointError(f"--weights {p} cannot be read as weights: it is not {_described(p)}; "
+                              "--weights reads .safetensors files and state_dicts saved with "
+                              "torch.save(model.state_dict(), PATH) (loaded weights-only, no pickled code)") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return obj["state_dict"]
     if _is_state_dict(obj):
@@ -294,7 +295,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model_state_dict", "model", "net", "state_dict_ema"):
         if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
             return obj[key]
-    raise CheckpointError(f"--weights {p} holds no state_dict edgeprune recognizes")
+    raise CheckpointError(f"--weights {p} holds no state_dict edgeprune recognizes "
+                          f"({_top_level(obj)}); save it with torch.save(model.state_dict(), PATH), or a dict "
+                          "with the weights under 'state_dict', or use .safetensors")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
@@ -312,6 +315,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
     mismatch = _state_mismatch(own, state, ignore_shapes=set(skipped))
     if mismatch:
         name = (arch_of(model) or {}).get("name", type(model).__name__)
+        first = next((k for k, v in own.items() if v.dim() == 4), None)
+        if first is not None and first in state and state[first].dim() == 4 \
+                and state[first].shape[1] != own[first].shape[1] and state[first].shape[0] == own[first].shape[0]:
+            want = int(state[first].shape[1])
+            raise CheckpointError(f"--weights {path} expects {want} input channel{'s' if want != 1 else ''} but "
+                                  f"{name} was built with {int(own[first].shape[1])}; pass --channels {want}")
         raise CheckpointError(f"--weights {path} does not fit {name} ({mismatch}); check --arch and --arch-kwargs")
     model.load_state_dict({k: (own[k] if k in skipped else v) for k, v in state.items()})
     return {"loaded": len(state) - len(skipped), "skipped": skipped}
@@ -333,3 +342,30 @@ def _output_layer_keys(model: nn.Module) -> set[str]:
         return set()
     names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
     return {names[id(t)] for t in head.state_dict(keep_vars=True).values() if id(t) in names}
+
+
+def _top_level(obj) -> str:
+    if isinstance(obj, dict):
+        return f"top-level keys: {', '.join(map(str, list(obj)[:8])) or 'none'}"
+    return f"it holds a {type(obj).__name__}"
+
+
+def _described(path: Path) -> str:
+    """What a file that torch.load cannot read seems to be (from its first bytes), for the error line."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return "readable"
+    if not head:
+        return "a torch file (it is empty)"
+    if head.startswith(b"PK"):
+        return "a weights-only torch file (a zip archive, perhaps a pickled model: save model.state_dict() instead)"
+    if head[:1] == b"\x80":
+        return "a weights-only torch file (a pickle in the legacy format, perhaps holding code)"
+    try:
+        head.decode("utf-8")
+        return "a torch file (it looks like text)"
+    except UnicodeDecodeError:
+        return "a torch file (unknown binary data)"
+

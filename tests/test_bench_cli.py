@@ -147,3 +147,12 @@ def test_cuda_without_gpu_is_one_line(run_dir, capsys):
     err = _error_line(capsys, ["bench", str(run_dir / "model.pt"), "--device", "cuda", "--runtime", "torch", *FAST])
     assert "no CUDA device" in err
     assert "--runtime torch" in _error_line(capsys, ["bench", str(run_dir / "model.onnx"), "--device", "cuda"])
+
+
+def test_bench_help_tells_of_the_int8_model_and_how_to_leave_it_out():
+    env = dict(os.environ, COLUMNS="200")
+    out = subprocess.run([sys.executable, "-m", "edgeprune", "bench", "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "model.int8.onnx" in text and "third model" in text and "To leave it out" in text

@@ -100,3 +100,24 @@ def test_newer_format_refused(tmp_path):
                 "state_dict": {}, "meta": {}}, tmp_path / "new.pt")
     with pytest.raises(CheckpointError, match="newer edgeprune"):
         load_checkpoint(tmp_path / "new.pt")
+
+
+def test_weights_error_lines_say_what_is_read_and_what_to_do(tmp_path):
+    import torch
+
+    from edgeprune.checkpoint import read_weights
+    from edgeprune.errors import CheckpointError
+
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"e" * 300)
+    with pytest.raises(CheckpointError) as err:
+        read_weights(junk)
+    msg = str(err.value)
+    assert "safetensors" in msg and "torch.save(model.state_dict()" in msg and "weights-only" in msg
+
+    nodict = tmp_path / "nodict.pt"
+    torch.save({"a": 1}, nodict)
+    with pytest.raises(CheckpointError) as err:
+        read_weights(nodict)
+    msg = str(err.value)
+    assert "holds no state_dict" in msg and "top-level keys: a" in msg and "torch.save(model.state_dict()" in msg

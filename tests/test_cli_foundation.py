@@ -109,3 +109,21 @@ def test_corrupt_checkpoint_one_line_and_debug_traceback(tmp_path):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "corrupt" in r.stderr
     r = subprocess.run(cmd, capture_output=True, text=True, env={**env, "EDGEPRUNE_DEBUG": "1"})
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_atomic_writes_honour_the_umask(tmp_path, mask):
+    from edgeprune import _io
+
+    old = os.umask(mask)
+    try:
+        written = [_io.write_text(tmp_path / "a.md", "x"), _io.write_json(tmp_path / "b.json", {"a": 1}),
+                   _io.write_bytes(tmp_path / "c.bin", b"x")]
+        with open(tmp_path / "plain", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    expected = os.stat(tmp_path / "plain").st_mode & 0o777
+    assert expected == 0o666 & ~mask
+    for p in written:
+        assert os.stat(p).st_mode & 0o777 == expected, p

@@ -411,3 +411,19 @@ def test_calibration_and_test_batches_read_plain_datasets_like_tensor_splits():
     for (xa, ya), (xb, yb) in zip(a, b):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
+
+
+@pytest.mark.parametrize("wrong_f,wrong_q,n,limit,passed", [
+    (10, 11, 200, 0.5, True),    # one image of 200 is exactly the 0.5 pt limit
+    (12, 13, 200, 0.5, True),    # 100 * (13/200 - 12/200) = 0.5000000000000004
+    (10, 12, 200, 0.5, False),   # two images is 1.0 pt
+    (0, 3, 1000, 0.3, True),
+    (0, 4, 1000, 0.3, False),
+    (5, 5, 200, 0.0, True),
+])
+def test_gate_counts_whole_images(wrong_f, wrong_q, n, limit, passed):
+    from edgeprune.export.quantize import gate
+
+    drop, ok = gate(wrong_f / n, wrong_q / n, n, limit)
+    assert ok is passed
+    assert drop == pytest.approx(100.0 * (wrong_q - wrong_f) / n)

@@ -187,3 +187,43 @@ def test_export_int8_reads_the_checkpoint_dataset_with_its_recorded_options(tmp_
                  "--calibration-samples", "32", "--keep-int8"]) == 0
     record = json.loads((out / "base.int8.json").read_text())
     assert record["test_samples"] == 15 and (out / "base.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("channels,values,expected", [(1, 2, "give 1 value each"), (3, 2, "give 1 or 3 values each")])
+def test_mean_std_count_wording(channels, values, expected):
+    from edgeprune.data.options import ImageOptions
+    from edgeprune.errors import DatasetError
+
+    opts = ImageOptions(mean=(0.5,) * values, std=(0.5,) * values)
+    with pytest.raises(DatasetError) as err:
+        opts.stats_for(channels)
+    assert expected in str(err.value)
+
+
+def test_dataset_not_found_line_reads_cleanly(tmp_path):
+    from edgeprune.errors import DatasetError
+
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cifar10", data_dir=tmp_path / "nothere")
+    msg = str(err.value)
+    assert "  " not in msg and "and their" not in msg and str(tmp_path / "nothere") in msg
+
+
+def test_refused_compress_leaves_no_out_folder(tmp_path, capsys):
+    write_folder(tmp_path / "digits", "L")
+    ck = tmp_path / "base.pt"
+    assert main(["-q", "train", "--arch", "lenet5", "--dataset", f"imagefolder:{tmp_path / 'digits'}", "--epochs", "1",
+                 "--batch-size", "8", "--device", "cpu", "--out", str(ck)]) == 0
+    write_folder(tmp_path / "rgb", "L", counts={"train": (6, 6), "test": (3, 3)})  # 2 classes, the model has 3
+    capsys.readouterr()
+    out = tmp_path / "run"
+    rc = main(["-q", "compress", str(ck), "--dataset", f"imagefolder:{tmp_path / 'rgb'}", "--max-epochs", "1",
+               "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "error:" in err
+    assert not out.exists()
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    assert main(["-q", "compress", str(ck), "--dataset", f"imagefolder:{tmp_path / 'rgb'}", "--max-epochs", "1",
+                 "--device", "cpu", "--out", str(kept)]) == 1
+    assert kept.is_dir()  # a folder that existed before is never removed

@@ -86,9 +86,8 @@ def test_reference_by_module_and_by_file(user_module, tmp_path):
     trust_code("no_such_pkg_xyz")
     with pytest.raises(ModelError, match="cannot import 'no_such_pkg_xyz'.*PYTHONPATH"):
         create_model("no_such_pkg_xyz:f")
-    trust_code(str(tmp_path / "missing.py"))
-    with pytest.raises(ModelError, match="missing.py not found"):
-        create_model(f"{tmp_path / 'missing.py'}:f")
+    with pytest.raises(ModelError, match="--trust-code .*missing.py: no such file"):
+        trust_code(str(tmp_path / "missing.py"))
 
 
 def test_checkpoint_names_code_but_never_imports_it_unasked(user_module, tmp_path, monkeypatch):
@@ -244,3 +243,38 @@ def test_cli_option_errors_are_one_line(tmp_path, capsys, args, match):
                "--out", str(tmp_path / "x.pt"), *args])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.startswith("error: ") and "\n" not in err and match in err
+
+
+def test_weights_with_other_input_channels_suggest_channels(tmp_path):
+    from torch import nn
+
+    from edgeprune.checkpoint import load_weights
+    from edgeprune.errors import CheckpointError
+
+    def net(c):
+        return nn.Sequential(nn.Conv2d(c, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+
+    path = tmp_path / "w.pt"
+    torch.save(net(3).state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(net(1), path)
+    assert "expects 3 input channels" in str(err.value) and "--channels 3" in str(err.value)
+
+
+def test_trust_code_of_a_missing_file_is_refused(tmp_path):
+    from edgeprune.errors import ModelError
+    from edgeprune.models import trust_code
+
+    with pytest.raises(ModelError) as err:
+        trust_code(str(tmp_path / "nope.py"))
+    assert "no such file" in str(err.value)
+
+
+def test_timm_typo_suggests_the_closest_name():
+    pytest.importorskip("timm")
+    from edgeprune.errors import ModelError
+    from edgeprune.models._external import timm_builder
+
+    with pytest.raises(ModelError) as err:
+        timm_builder("resnet10tt")
+    assert "resnet10t" in str(err.value).split("similar:")[1].split(",")[0]

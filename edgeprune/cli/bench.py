@@ -125,7 +125,13 @@ def bench(
     warmup_seconds: float = typer.Option(1.0, help="Least warm-up time per model: warm-up lasts until both --warmup "
                                                    "runs and this many seconds are done."),
 ) -> None:
-    """Time N inferences of a model (and its baseline, alternating) and report mean ± std, median, tails, speedup."""
+    """Time N inferences of a model (and its baseline, alternating) and report mean ± std, median, tails, speedup.
+
+    Given a run folder, the dense baseline and the slim model are timed; when the folder also holds an INT8 model
+    (model.int8.onnx / .ort, from `export --quantize int8` or `compress --quantize int8`) it is timed too, as a
+    third model in the same alternating run. To leave it out, give the slim model's file instead of the folder
+    (e.g. RUN/model.onnx with --baseline RUN/baseline.onnx). Only --runtime onnxruntime times the INT8 model.
+    """
     from ..bench import bench_models, render_table, write_outputs
 
     cfg = BenchConfig(model, baseline, device, runtime, runs, warmup, threads, batch_size, parse_shape(input_shape),

@@ -107,9 +107,14 @@ def compress(
 
             check_table_for_run(cfg.latency_table, model, round_channels=round_channels if not no_surgery else None,
                                 prune=cfg.prune)
-        with distributed.session(cfg.device):
-            summary = run_compress(model, out, cfg, options=options)
-            main = distributed.is_main()
+        created = not Path(out).exists()
+        try:
+            with distributed.session(cfg.device):
+                summary = run_compress(model, out, cfg, options=options)
+                main = distributed.is_main()
+        except BaseException:
+            _remove_if_empty(Path(out), created)
+            raise
         run_dir = out
     if not main:
         return  # rank 0 reports
@@ -145,6 +150,12 @@ def compress(
                if (Path(run_dir) / n).exists()]
     echo(f"wrote {run_dir}: {', '.join(written)}")
     _int8_verdict(summary)
+
+
+def _remove_if_empty(folder: Path, created: bool) -> None:
+    """A refused run leaves nothing behind: the --out folder it created goes when nothing was written into it."""
+    if created and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _quantize_options(quantize, mode, calibration, samples, max_drop, keep) -> dict | None:

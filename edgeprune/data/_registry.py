@@ -174,10 +174,13 @@ def load_dataset(
             raise DatasetError(f"downloading {name} into {target} failed ({exc}); {entry.how_to_get}") from None
         folder = next((r for r in candidate_roots(entry, target) if r.is_dir() and entry.locate(r)), None)
     if folder is None:
-        looked = ", ".join(str(r) for r in base_roots(entry, data_dir))
-        subs = "/".join(entry.subdirs)
+        roots = [str(r) for r in base_roots(entry, data_dir)]
+        looked = ", ".join(roots)
+        subs = " ".join(f"{s}/" for s in entry.subdirs if s)
+        where = "in it" if len(roots) == 1 else "in each"
+        inside = f" and the {subs} folder{'s' if len(entry.subdirs) > 1 else ''} {where}" if subs else ""
         raise DatasetError(
-            f"{name} not found (looked in: {looked}, and their {subs} sub-folders); {entry.how_to_get}, "
+            f"{name} not found (looked in {looked}{inside}); {entry.how_to_get}, "
             "pass --data-dir, or allow --download"
         )
     xtr, ytr, xte, yte = entry.read(folder)

@@ -72,7 +72,7 @@ class ImageOptions:
         if len(self.mean) == 1:
             return self.mean * channels, self.std * channels
         raise DatasetError(f"--mean/--std give {len(self.mean)} values but the images have {channels} channels; "
-                           f"give 1 or {channels} values")
+                           + ("give 1 value each" if channels == 1 else f"give 1 or {channels} values each"))
 
 
 def parse_size(value) -> tuple[int, int]:

@@ -44,6 +44,9 @@ def _split(ref: str) -> tuple[str, str, bool]:
     return target, attr, target.endswith(".py") or os.sep in target or "/" in target
 
 
+_GIVEN: list[str] = []  # the --trust-code entries as given, for the refusal line
+
+
 def _trust_key(target: str, is_file: bool) -> str:
     return str(Path(target).expanduser().resolve()) if is_file else target
 
@@ -56,7 +59,11 @@ def trust_code(*refs: str) -> None:
             continue
         target = ref.rpartition(":")[0] if is_reference(ref) else ref
         is_file = target.endswith(".py") or "/" in target or os.sep in target
+        if is_file and not Path(target).expanduser().is_file():
+            raise ModelError(f"--trust-code {ref}: no such file {target}; give the path of the .py file the "
+                             "checkpoint's architecture names (or its package.module)")
         _TRUSTED.add(_trust_key(target, is_file))
+        _GIVEN.append(ref)
 
 
 def _is_trusted(target: str, is_file: bool) -> bool:
@@ -99,6 +106,7 @@ def resolve_reference(ref: str) -> Callable[..., nn.Module]:
         raise ModelError(
             f"the architecture is user code {ref!r}, and importing it runs that code; if you trust it, name it: "
             f"edgeprune --trust-code {target} COMMAND ... (or {TRUST_ENV}={target})"
+            + (f"; the --trust-code given ({', '.join(_GIVEN)}) does not cover it" if _GIVEN else "")
         )
     if is_file:
         path = Path(target).expanduser()
@@ -156,7 +164,11 @@ def timm_builder(name: str) -> tuple[Callable[..., nn.Module], tuple[int, ...], 
     except ImportError:
         raise ModelError("timm is not installed; install the extra: pip install 'edgeprune[timm]'") from None
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:6]
+        import difflib
+
+        base = name.split(".")[0]
+        close = difflib.get_close_matches(base, timm.list_models(), n=6, cutoff=0.6)
+        close = close or timm.list_models(f"*{base[:6]}*")[:6]
         hint = (f"similar: {', '.join(close)}" if close
                 else "list them with python -c 'import timm; print(timm.list_models())'")
         raise ModelError(f"unknown timm model {name!r}; {hint}")
