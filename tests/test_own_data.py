@@ -227,3 +227,17 @@ def test_refused_compress_leaves_no_out_folder(tmp_path, capsys):
     assert main(["-q", "compress", str(ck), "--dataset", f"imagefolder:{tmp_path / 'rgb'}", "--max-epochs", "1",
                  "--device", "cpu", "--out", str(kept)]) == 1
     assert kept.is_dir()  # a folder that existed before is never removed
+
+
+@pytest.mark.parametrize("case", ["other shape", "not on this machine"])
+def test_export_int8_checks_its_dataset_before_writing_anything(tmp_path, case):
+    write_folder(tmp_path / "digits", "L", sizes=((28, 28),), counts={"train": (20, 15, 25), "test": (5, 4, 6)})
+    write_folder(tmp_path / "colour", "RGB", sizes=((28, 28),), counts={"train": (6, 6, 6), "test": (2, 2, 2)})
+    base = tmp_path / "base.pt"
+    assert main(["-q", "train", "--arch", "lenet5", "--dataset", f"imagefolder:{tmp_path / 'digits'}", "--epochs", "1",
+                 "--batch-size", "16", "--device", "cpu", "--out", str(base)]) == 0
+    other = f"imagefolder:{tmp_path / 'colour'}" if case == "other shape" else "cifar10"
+    out = tmp_path / "export"
+    assert main(["-q", "export", str(base), "--format", "onnx", "--out", str(out), "--quantize", "int8",
+                 "--dataset", other]) == 1
+    assert not out.exists() or not any(out.iterdir())

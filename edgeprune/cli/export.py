@@ -116,11 +116,15 @@ def export(
     if shape is None:
         raise ConfigError("cannot tell the model's input shape; pass --input-shape C,H,W")
     stem = config.stem or (Path(model).stem if Path(model).exists() else model.replace(":", "-").replace("/", "-"))
+    int8_data = _int8_data(meta, dataset, shape) if qconfig is not None else None  # refused before anything is written
     result = export_all(net, config.out, stem, shape, formats=config.formats,
                         real_batch=_real_batch(meta, config.real_samples), opset=config.opset,
                         dynamic_batch=config.dynamic_batch, slim=config.slim)
     if qconfig is not None:
-        result["int8"] = _export_int8(net, config, stem, shape, meta, qconfig, dataset)
+        from ..export.quantize import export_int8
+
+        result["int8"] = export_int8(net, config.out, stem, shape, int8_data, qconfig, ort="ort" in config.formats,
+                                     opset=config.opset)
     if as_json:
         echo(json.dumps(result, indent=2))
         _int8_verdict(result.get("int8"))
@@ -156,22 +160,21 @@ def export(
     _int8_verdict(q)
 
 
-def _export_int8(net, config: ExportConfig, stem: str, shape, meta: dict, qconfig, dataset: str | None) -> dict:
-    """Quantize the exported model; the dataset (calibration and gate) is the checkpoint's unless --dataset says."""
+def _int8_data(meta: dict, dataset: str | None, shape):
+    """The INT8 calibration and gate data: the checkpoint's dataset read as it was trained (image size, channels,
+    statistics) unless --dataset names another; checked against the model's input before anything is exported."""
+    from ..data import load_dataset
     from ..errors import ConfigError
-    from ..export.quantize import export_int8
+    from ..export.quantize import check_int8_data
 
     name = dataset or meta.get("dataset")
     if not name:
         raise ConfigError("--quantize int8 needs the model's dataset (calibration images and the test split of the "
                           "accuracy gate); the checkpoint records none: pass --dataset NAME")
-    from ..data import load_dataset
-
-    # The checkpoint's own dataset is read as it was trained (image size, channels, statistics).
     options = meta.get("data_options") if name == meta.get("dataset") else None
-    return export_int8(net, config.out, stem, shape, load_dataset(name, options=options), qconfig,
-                       ort="ort" in config.formats,
-                       opset=config.opset)
+    data = load_dataset(name, options=options)
+    check_int8_data(data, shape)
+    return data
 
 
 def _int8_verdict(record: dict | None) -> None:

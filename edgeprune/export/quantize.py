@@ -289,6 +289,17 @@ def top1_error(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logits.argmax(1) != labels))
 
 
+def check_int8_data(data, input_shape: Sequence[int]) -> None:
+    """The dataset can calibrate and gate a model of ``input_shape``: a non-empty test split of that sample shape."""
+    shape = tuple(int(s) for s in input_shape)
+    if not len(data.test):
+        raise ConfigError(f"{data.name} has an empty test split: the INT8 accuracy gate needs test images")
+    sample = tuple(next(split_batches(data.test, 1))[0].shape[1:])
+    if sample != shape:
+        raise ConfigError(f"the dataset's samples have shape {sample}, the model's input is {shape}; quantize with the "
+                          "dataset the model was trained on (--dataset)")
+
+
 def export_int8(
     model: nn.Module,
     out_dir: str | os.PathLike,
@@ -316,12 +327,7 @@ def export_int8(
     out_dir.mkdir(parents=True, exist_ok=True)
     net = copy.deepcopy(model).cpu().eval()
     shape = tuple(int(s) for s in input_shape)
-    if not len(data.test):
-        raise ConfigError(f"{data.name} has an empty test split: the INT8 accuracy gate needs test images")
-    sample = tuple(next(split_batches(data.test, 1))[0].shape[1:])
-    if sample != shape:
-        raise ConfigError(f"the dataset's samples have shape {sample}, the model's input is {shape}; quantize with the "
-                          "dataset the model was trained on (--dataset)")
+    check_int8_data(data, shape)
     calib = calibration_batch(data.train, config.calibration_samples, config.seed) if config.mode == "static" else None
     with make_progress() as progress:
         task = progress.add_task(f"INT8 {stem}", total=4, info="float ONNX")
