@@ -4,26 +4,18 @@ pruned to its MACs target."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from _scripts import load_script
 from edgeprune.data._registry import DataBundle, TensorSplit
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_structured.py"
 
 
 @pytest.fixture(scope="module")
 def cs():
-    spec = importlib.util.spec_from_file_location("compare_structured", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["compare_structured"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_structured")
 
 
 def _synthetic(n_train=384, n_eval=128, classes=3, seed=0) -> DataBundle:

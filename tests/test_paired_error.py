@@ -3,9 +3,7 @@ difference and McNemar's exact test against values worked out by hand."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +11,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paired_error.py"
+from _scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def pe():
-    spec = importlib.util.spec_from_file_location("paired_error", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paired_error"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paired_error")
 
 
 def _export(model: nn.Module, path: Path) -> Path:
